@@ -1,0 +1,15 @@
+/**
+ * Tachyon: fast LLM kernels and runtime for Node.js.
+ * Layers (imports flow one way): runtime → ops → (kv → model → engine) → cli.
+ */
+export { loadRuntime, Runtime, Stream, detectedIsa } from './runtime/runtime';
+export type { RuntimeOptions, Backend, Isa } from './runtime/runtime';
+export { Tensor } from './runtime/tensor';
+export { KernelError } from './runtime/errors';
+export type { ErrorCode } from './runtime/errors';
+export { DTYPES, encode, decode, f16ToF32, f32ToF16, bf16ToF32, f32ToBf16 } from './runtime/dtype';
+export type { DType, FloatDType } from './runtime/dtype';
+export { doctor } from './runtime/doctor';
+export type { DoctorReport } from './runtime/doctor';
+export * as ops from './ops/index';
+export { version } from './version';

@@ -1,0 +1,15 @@
+export { matmul } from './matmul';
+export type { MatmulOptions } from './matmul';
+export { add, mul, siluMul } from './elementwise';
+export type { ElementwiseOptions } from './elementwise';
+export { rmsNorm } from './norm';
+export type { RmsNormOptions } from './norm';
+export { rope } from './rope';
+export type { RopeOptions } from './rope';
+export { softmax } from './softmax';
+export type { SoftmaxOptions } from './softmax';
+export { embedding } from './embedding';
+export type { EmbeddingOptions } from './embedding';
+export { cast } from './cast';
+export type { OpOptions } from './common';
+export * as reference from './reference';

@@ -1,0 +1,94 @@
+// Tachyon: float64 reference for the quantized GEMM. See qgemm_ref.h.
+#include "ref/qgemm_ref.h"
+
+#include <cmath>
+
+namespace ty::ref {
+namespace {
+
+double load(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(p)[i];
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+double load_s(const void* p, DType t, int64_t i) {
+  return t == DType::f16 ? f16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+// Code of element (n, k) of the plain layout.
+int code(const QPlain& w, int64_t n, int64_t k) {
+  if (w.fmt.kind == QKind::int8) return static_cast<const int8_t*>(w.q)[n * w.K + k];
+  const uint8_t b = static_cast<const uint8_t*>(w.q)[n * (w.K / 2) + k / 2];
+  int v = (k % 2) ? b >> 4 : b & 15;
+  if (!w.fmt.asym && v >= 8) v -= 16;
+  return v;
+}
+
+}  // namespace
+
+void qgemm_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
+  const int64_t M = g.M, N = w.N, K = w.K;
+  const bool asym = w.fmt.kind == QKind::int4 && w.fmt.asym;
+  const int64_t G = w.fmt.group > 0 ? w.fmt.group : K, nb = K / G;
+  out.M = M; out.N = N;
+  out.exact.assign(M * N, 0); out.spec.assign(M * N, 0);
+  out.mag.assign(M * N, 0); out.act_err.assign(M * N, 0);
+
+  std::vector<float> wdq(N * K);  // f32 dequantized weights
+  dequantize(w, wdq.data(), K);
+  std::vector<double> wq(N * K), sc(N * nb), mn(N * nb, 0.0);  // codes, scales, mins
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) wq[n * K + k] = code(w, n, k);
+    for (int64_t b = 0; b < nb; ++b) {
+      sc[n * nb + b] = load_s(w.scales, w.fmt.scale_dtype, n * nb + b);
+      if (asym) mn[n * nb + b] = load_s(w.mins, w.fmt.scale_dtype, n * nb + b);
+    }
+  }
+
+  std::vector<double> a(K), qa(K), sa(nb), sum(nb);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) a[k] = load(g.A, g.a_dtype, m * g.lda + k);
+    // Activation quantization, as specified in tachyon/quant.h.
+    for (int64_t b = 0; b < nb; ++b) {
+      float amax = 0;
+      for (int64_t k = b * G; k < (b + 1) * G; ++k) amax = std::fmax(amax, (float)std::fabs(a[k]));
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      sa[b] = (double)(amax / 127.0f);
+      sum[b] = 0;
+      for (int64_t k = b * G; k < (b + 1) * G; ++k) {
+        qa[k] = std::nearbyint((float)a[k] * inv);
+        sum[b] += qa[k];
+      }
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      double ex = 0, sp = 0, mag = 0, ae = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        double dot = 0, sabsw = 0;
+        for (int64_t k = b * G; k < (b + 1) * G; ++k) {
+          const double wd = wdq[n * K + k];
+          ex += a[k] * wd;
+          dot += qa[k] * wq[n * K + k];
+          sabsw += std::fabs(wd);
+          ae += std::ldexp(std::fabs(a[k] * wd), -22);
+        }
+        const double t1 = sa[b] * sc[n * nb + b] * dot, t2 = sa[b] * sum[b] * mn[n * nb + b];
+        sp += t1 + t2;
+        mag += std::fabs(t1) + std::fabs(t2);
+        ae += 0.5 * sa[b] * sabsw * (1 + 1e-6);
+      }
+      double extra = 0, extra_mag = 0;
+      if (g.bias) { extra += g.bias[n]; extra_mag += std::fabs(g.bias[n]); }
+      if (g.residual) {
+        const double r = load(g.residual, g.c_dtype, m * g.ldr + n);
+        extra += r; extra_mag += std::fabs(r);
+      }
+      out.exact[m * N + n] = ex + extra;
+      out.spec[m * N + n] = sp + extra;
+      out.mag[m * N + n] = mag + extra_mag;
+      out.act_err[m * N + n] = ae;
+    }
+  }
+}
+
+}  // namespace ty::ref

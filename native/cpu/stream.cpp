@@ -1,0 +1,116 @@
+#include "stream.h"
+
+#include <cstdlib>
+#include <new>
+
+namespace ty::cpu {
+
+// Refuse single allocations beyond this: a shape typo (or hostile input) must become
+// E_OOM, not an attempt to reserve terabytes.
+static constexpr size_t kMaxAlloc = (size_t)1 << 40;
+
+std::shared_ptr<Buffer> Buffer::allocate(size_t bytes) {
+  if (bytes > kMaxAlloc)
+    throw Error(Code::OOM, "Cannot allocate " + std::to_string(bytes) + " bytes: exceeds the 1 TiB per-tensor limit");
+  auto b = std::make_shared<Buffer>();
+  size_t rounded = (bytes + 63) & ~(size_t)63;
+  b->data = std::aligned_alloc(64, rounded ? rounded : 64);
+  if (!b->data) throw Error(Code::OOM, "Out of host memory allocating " + std::to_string(bytes) + " bytes");
+  b->bytes = bytes;
+  return b;
+}
+
+std::shared_ptr<Buffer> Buffer::wrap(void* data, size_t bytes, std::function<void()> release) {
+  auto b = std::make_shared<Buffer>();
+  b->data = data;
+  b->bytes = bytes;
+  b->external = true;
+  b->release = std::move(release);
+  return b;
+}
+
+Buffer::~Buffer() {
+  if (external) {
+    if (release) release();
+  } else {
+    std::free(data);
+  }
+}
+
+Stream::Stream(std::string name) : name_(std::move(name)) { th_ = std::thread([this] { loop(); }); }
+
+Stream::~Stream() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  th_.join();
+}
+
+void Stream::enqueue(const char* op, Job job) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    q_.push_back(Item{op, std::move(job), nullptr, false});
+  }
+  cv_.notify_one();
+}
+
+void Stream::enqueue_done(Job job, Done done) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    q_.push_back(Item{"read", std::move(job), std::move(done), false});
+  }
+  cv_.notify_one();
+}
+
+void Stream::reset() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    q_.push_back(Item{"reset", nullptr, nullptr, true});
+  }
+  cv_.notify_one();
+}
+
+void Stream::drain() {
+  std::unique_lock<std::mutex> lk(mu_);
+  idle_cv_.wait(lk, [&] { return q_.empty() && !busy_; });
+}
+
+size_t Stream::pending() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return q_.size() + (busy_ ? 1 : 0);
+}
+
+void Stream::loop() {
+  for (;;) {
+    Item it;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      busy_ = false;
+      if (q_.empty()) idle_cv_.notify_all();
+      cv_.wait(lk, [&] { return stop_ || !q_.empty(); });
+      if (q_.empty()) return;  // stop requested and drained
+      it = std::move(q_.front());
+      q_.pop_front();
+      busy_ = true;
+    }
+    if (it.reset) { status_ = StreamStatus{}; continue; }
+    if (it.job && status_.ok) {
+      try {
+        it.job();
+      } catch (const Error& e) {
+        status_ = StreamStatus{false, e.code, e.what(), it.op};
+      } catch (const std::bad_alloc&) {
+        status_ = StreamStatus{false, Code::OOM, "Out of memory inside a kernel", it.op};
+      } catch (const std::exception& e) {
+        status_ = StreamStatus{false, Code::INTERNAL, e.what(), it.op};
+      }
+    }
+    if (it.done) it.done(status_);
+    it.job = nullptr;  // release captured buffers on the stream thread, promptly
+    it.done = nullptr;
+  }
+}
+
+}  // namespace ty::cpu

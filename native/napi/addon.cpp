@@ -1,0 +1,564 @@
+// Tachyon Node-API binding: the only code that knows about Node.
+//
+// It converts JS values into the framework-free types of native/cpu (checking every one:
+// native code never trusts JavaScript), calls op_* which validate and enqueue, and turns
+// stream completions into promise resolutions through one thread-safe function per stream.
+// Context-aware: all per-environment state lives in instance data, so the addon loads in
+// worker_threads too.
+#include <napi.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "../cpu/ops.h"
+#include "tachyon/cuda_probe.h"
+
+#ifndef TY_HAVE_CUDA
+extern "C" int ty_cuda_device_count(char* reason, size_t n) {
+  if (reason && n) std::snprintf(reason, n, "this build does not include the CUDA backend (nvcc was not found or TACHYON_CUDA=off)");
+  return 0;
+}
+extern "C" const char* ty_cuda_archs(void) { return ""; }
+#endif
+
+namespace {
+
+using namespace ty;
+using ty::cpu::Core;
+using ty::cpu::T;
+
+// JS references released by other threads wait here until the JS thread can delete them.
+struct Graveyard {
+  std::mutex mu;
+  std::vector<napi_ref> refs;
+  std::atomic<bool> nonempty{false};
+  void bury(napi_ref r) {
+    std::lock_guard<std::mutex> lk(mu);
+    refs.push_back(r);
+    nonempty.store(true);
+  }
+  void sweep(napi_env env) {
+    if (!nonempty.load()) return;
+    std::vector<napi_ref> v;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      v.swap(refs);
+      nonempty.store(false);
+    }
+    for (auto r : v) napi_delete_reference(env, r);
+  }
+};
+
+struct Instance {
+  Napi::FunctionReference runtime_ctor, stream_ctor, tensor_ctor, error_ctor;
+  std::shared_ptr<Graveyard> graveyard = std::make_shared<Graveyard>();
+};
+
+Instance& inst(Napi::Env env) { return *env.GetInstanceData<Instance>(); }
+
+// Builds a KernelError (the class registered from lib/runtime) or a plain Error before that.
+Napi::Error make_error(Napi::Env env, Code code, const std::string& msg, const std::string& op, const std::string& arg,
+                       const char* backend = "cpu") {
+  Instance& in = inst(env);
+  Napi::Object opts = Napi::Object::New(env);
+  opts.Set("code", code_name(code));
+  opts.Set("op", op);
+  opts.Set("backend", backend);
+  if (!arg.empty()) opts.Set("arg", arg);
+  if (!in.error_ctor.IsEmpty()) {
+    Napi::Value e = in.error_ctor.New({Napi::String::New(env, msg), opts});
+    return Napi::Error(env, e);
+  }
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", code_name(code));
+  e.Set("op", op);
+  e.Set("backend", backend);
+  return e;
+}
+
+[[noreturn]] void throw_ty(Napi::Env env, const Error& e, const std::string& op) { throw make_error(env, e.code, e.what(), op, e.arg); }
+
+[[noreturn]] void bad(const char* arg, const std::string& expected, Napi::Value got, Code code = Code::INVALID_ARG) {
+  std::string desc;
+  if (got.IsUndefined()) desc = "undefined";
+  else if (got.IsNull()) desc = "null";
+  else if (got.IsNumber()) {
+    double d = got.As<Napi::Number>().DoubleValue();
+    desc = (std::isnan(d) ? std::string("NaN") : std::isinf(d) ? std::string(d > 0 ? "Infinity" : "-Infinity") : std::to_string(d)) + " of type number";
+  } else if (got.IsString()) desc = "'" + got.As<Napi::String>().Utf8Value() + "' of type string";
+  else if (got.IsBoolean()) desc = std::string(got.ToBoolean() ? "true" : "false") + " of type boolean";
+  else if (got.IsArray()) desc = "an array";
+  else if (got.IsFunction()) desc = "a function";
+  else desc = "an object";
+  throw Error(code, "Expected " + expected + " for " + arg + " but received " + desc, arg);
+}
+
+double num(Napi::Value v, const char* arg) {
+  if (!v.IsNumber()) bad(arg, "a number", v);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) bad(arg, "a finite number", v);
+  return d;
+}
+
+int64_t integer(Napi::Value v, const char* arg, int64_t lo, int64_t hi) {
+  if (!v.IsNumber()) bad(arg, "an integer", v);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d) || std::floor(d) != d || d < (double)lo || d > (double)hi)
+    bad(arg, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", v);
+  return (int64_t)d;
+}
+
+bool boolean(Napi::Value v, const char* arg) {
+  if (!v.IsBoolean()) bad(arg, "a boolean", v);
+  return v.ToBoolean();
+}
+
+DType dtype_arg(Napi::Value v, const char* arg) {
+  if (v.IsString()) {
+    std::string s = v.As<Napi::String>().Utf8Value();
+    for (int i = 0; i < kDTypeCount; ++i)
+      if (s == dtype_name((DType)i)) return (DType)i;
+  }
+  bad(arg, "one of f32, f16, bf16, fp8e4m3, fp8e5m2, int8, i32, int4, u8", v, Code::DTYPE);
+}
+
+std::vector<int64_t> shape_arg(Napi::Value v, const char* arg) {
+  if (!v.IsArray()) bad(arg, "an array of non-negative integers", v, Code::SHAPE);
+  Napi::Array a = v.As<Napi::Array>();
+  if (a.Length() > (uint32_t)cpu::kMaxDims) bad(arg, "at most 8 dimensions", v, Code::SHAPE);
+  std::vector<int64_t> s(a.Length());
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    Napi::Value e = a.Get(i);
+    if (!e.IsNumber()) bad(arg, "an array of non-negative integers", v, Code::SHAPE);
+    double d = e.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(d) || d < 0 || std::floor(d) != d || d > (double)((int64_t)1 << 40))
+      throw Error(Code::SHAPE, std::string("Expected a non-negative integer no larger than 2^40 for ") + arg + "[" + std::to_string(i) +
+                                   "] but received " + (std::isnan(d) ? std::string("NaN") : std::to_string(d)), arg);
+    s[i] = (int64_t)d;
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeRuntime", {InstanceMethod<&RuntimeW::Info>("info"), InstanceMethod<&RuntimeW::Dispose>("dispose")});
+  }
+  RuntimeW(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RuntimeW>(info) {
+    try {
+      int threads = (int)integer(info[0], "threads", 1, 1024);
+      std::string isa = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+      cpu::Isa want;
+      if (!cpu::isa_parse(isa.c_str(), &want)) bad("isa", "one of scalar, avx2, avx512", info[1]);
+      cpu::Isa have = cpu::isa_detected();
+      if ((int)want > (int)have)
+        throw Error(Code::UNSUPPORTED, std::string("Expected an ISA this CPU supports (") + cpu::isa_name(have) +
+                                           " or lower) for isa but received " + isa, "isa");
+      core_ = std::make_shared<cpu::RuntimeCore>(threads, want);
+    } catch (const Error& e) {
+      throw_ty(info.Env(), e, "loadRuntime");
+    }
+  }
+  Core core(const char* op) {
+    if (!core_) throw Error(Code::DISPOSED, std::string("The runtime has been disposed; ") + op + " cannot run", "runtime");
+    return core_;
+  }
+
+ private:
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("disposed", core_ == nullptr);
+    if (core_) {
+      o.Set("threads", core_->pool.threads());
+      o.Set("isa", cpu::isa_name(core_->isa));
+    }
+    return o;
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    core_.reset();  // the pool lives on while streams or queued ops still hold it
+    return info.Env().Undefined();
+  }
+  Core core_;
+};
+
+// ---------------------------------------------------------------------------------------
+struct Completion;
+
+struct StreamCtx {
+  std::unique_ptr<cpu::Stream> stream;
+  Core core;
+  Napi::ThreadSafeFunction tsfn;
+  int pending = 0;        // JS-thread only
+  bool released = false;  // JS-thread only
+};
+
+struct Completion {
+  Napi::Promise::Deferred deferred;
+  enum Kind { kSync, kRead, kTime } kind;
+  napi_ref dst = nullptr;  // ArrayBuffer being filled (read)
+  double value = 0;
+  cpu::StreamStatus status;
+  std::shared_ptr<StreamCtx> ctx;  // keeps the TSFN's owner alive until delivery
+  explicit Completion(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+};
+
+class StreamW : public Napi::ObjectWrap<StreamW> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeStream",
+                       {InstanceMethod<&StreamW::Synchronize>("synchronize"), InstanceMethod<&StreamW::Timestamp>("timestamp"),
+                        InstanceMethod<&StreamW::Reset>("reset"), InstanceMethod<&StreamW::Pending>("pending"),
+                        InstanceMethod<&StreamW::Dispose>("dispose")});
+  }
+  StreamW(const Napi::CallbackInfo& info) : Napi::ObjectWrap<StreamW>(info) {
+    Napi::Env env = info.Env();
+    try {
+      if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(inst(env).runtime_ctor.Value()))
+        bad("runtime", "a Runtime", info[0]);
+      RuntimeW* rt = RuntimeW::Unwrap(info[0].As<Napi::Object>());
+      ctx_ = std::make_shared<StreamCtx>();
+      ctx_->core = rt->core("createStream");
+      ctx_->stream = std::make_unique<cpu::Stream>("tachyon-stream");
+      ctx_->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "tachyon-stream", 0, 1);
+      ctx_->tsfn.Unref(env);  // an idle stream must not keep the process alive
+    } catch (const Error& e) {
+      throw_ty(env, e, "createStream");
+    }
+  }
+  ~StreamW() override { shutdown(); }
+
+  const std::shared_ptr<StreamCtx>& ctx(const char* op) {
+    if (!ctx_) throw Error(Code::DISPOSED, std::string("The stream has been disposed; ") + op + " cannot run", "stream");
+    return ctx_;
+  }
+
+  // Queues a completion point and returns its promise.
+  static Napi::Value Complete(Napi::Env env, const std::shared_ptr<StreamCtx>& cp, Completion::Kind kind, std::function<void()> job, napi_ref dst = nullptr,
+                              std::shared_ptr<double> value = nullptr) {
+    inst(env).graveyard->sweep(env);
+    StreamCtx& c = *cp;
+    auto* comp = new Completion(env);
+    comp->kind = kind;
+    comp->dst = dst;
+    comp->ctx = cp;
+    Napi::Promise p = comp->deferred.Promise();
+    if (c.pending++ == 0) c.tsfn.Ref(env);
+    Napi::ThreadSafeFunction tsfn = c.tsfn;
+    c.stream->enqueue_done(std::move(job), [comp, tsfn, value](const cpu::StreamStatus& st) mutable {
+      comp->status = st;
+      if (value) comp->value = *value;
+      napi_status s = tsfn.BlockingCall(comp, &StreamW::Deliver);
+      if (s != napi_ok) { /* environment is shutting down: nothing left to resolve */ }
+    });
+    return p;
+  }
+
+  static void Deliver(Napi::Env env, Napi::Function, Completion* c) {
+    if (env != nullptr) {
+      Napi::HandleScope scope(env);
+      StreamCtx& ctx = *c->ctx;
+      if (--ctx.pending == 0 && !ctx.released) ctx.tsfn.Unref(env);
+      if (!c->status.ok) {
+        c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, "").Value());
+      } else if (c->kind == Completion::kRead) {
+        napi_value ab;
+        napi_get_reference_value(env, c->dst, &ab);
+        c->deferred.Resolve(Napi::Value(env, ab));
+      } else if (c->kind == Completion::kTime) {
+        c->deferred.Resolve(Napi::Number::New(env, c->value));
+      } else {
+        c->deferred.Resolve(env.Undefined());
+      }
+      if (c->dst) napi_delete_reference(env, c->dst);
+      inst(env).graveyard->sweep(env);
+    }
+    delete c;
+  }
+
+ private:
+  void shutdown() {
+    if (!ctx_) return;
+    auto c = std::move(ctx_);
+    c->stream.reset();  // drains queued work and joins the worker thread
+    c->released = true;
+    c->tsfn.Release();  // queued deliveries still run; they hold `c` alive
+  }
+  Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+    try {
+      return Complete(info.Env(), ctx("synchronize"), Completion::kSync, nullptr);
+    } catch (const Error& e) {
+      throw_ty(info.Env(), e, "synchronize");
+    }
+  }
+  Napi::Value Timestamp(const Napi::CallbackInfo& info) {
+    try {
+      auto v = std::make_shared<double>(0);
+      return Complete(info.Env(), ctx("timestamp"), Completion::kTime, [v] {
+        *v = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+      }, nullptr, v);
+    } catch (const Error& e) {
+      throw_ty(info.Env(), e, "timestamp");
+    }
+  }
+  Napi::Value Reset(const Napi::CallbackInfo& info) {
+    try {
+      ctx("reset")->stream->reset();
+    } catch (const Error& e) {
+      throw_ty(info.Env(), e, "reset");
+    }
+    return info.Env().Undefined();
+  }
+  Napi::Value Pending(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), ctx_ ? (double)ctx_->stream->pending() : 0.0);
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    shutdown();
+    return info.Env().Undefined();
+  }
+  std::shared_ptr<StreamCtx> ctx_;
+};
+
+// ---------------------------------------------------------------------------------------
+class TensorW : public Napi::ObjectWrap<TensorW> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeTensor",
+                       {InstanceMethod<&TensorW::Read>("read"), InstanceMethod<&TensorW::Write>("write"),
+                        InstanceMethod<&TensorW::Dispose>("dispose"), InstanceMethod<&TensorW::Bytes>("bytes"),
+                        InstanceMethod<&TensorW::IsExternal>("isExternal")});
+  }
+  // new NativeTensor(runtime, dtype, shape, source?: TypedArray, zeroCopy?: boolean)
+  TensorW(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorW>(info) {
+    Napi::Env env = info.Env();
+    try {
+      if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(inst(env).runtime_ctor.Value()))
+        bad("runtime", "a Runtime", info[0]);
+      RuntimeW::Unwrap(info[0].As<Napi::Object>())->core("tensor");
+      DType dt = dtype_arg(info[1], "dtype");
+      std::vector<int64_t> shape = shape_arg(info[2], "shape");
+      int64_t n = cpu::check_shape(shape, dt, "shape");
+      size_t bytes = dtype_bytes(dt, n);
+      if (info.Length() < 4 || info[3].IsUndefined() || info[3].IsNull()) {
+        t_ = cpu::make_tensor(dt, shape);
+        return;
+      }
+      if (!info[3].IsTypedArray()) bad("data", "a TypedArray", info[3]);
+      Napi::TypedArray ta = info[3].As<Napi::TypedArray>();
+      size_t got = ta.ByteLength();
+      if (got != bytes)
+        throw Error(Code::SHAPE, "Expected " + std::to_string(bytes) + " bytes (" + std::to_string(n) + " " + dtype_name(dt) +
+                                     " elements) for data but received " + std::to_string(got), "data");
+      uint8_t* src = (uint8_t*)ta.ArrayBuffer().Data() + ta.ByteOffset();
+      bool zero_copy = info.Length() > 4 && info[4].IsBoolean() && info[4].ToBoolean();
+      t_ = std::make_shared<cpu::Tensor>();
+      t_->dtype = dt;
+      t_->shape = shape;
+      if (zero_copy && bytes > 0) {
+        // Zero-copy: keep the ArrayBuffer alive with a reference that the last owner of the
+        // buffer releases (on any thread) through the graveyard.
+        napi_ref ref;
+        napi_create_reference(env, ta.ArrayBuffer(), 1, &ref);
+        auto gy = inst(env).graveyard;
+        t_->buf = cpu::Buffer::wrap(src, bytes, [gy, ref] { gy->bury(ref); });
+      } else {
+        t_->buf = cpu::Buffer::allocate(bytes);
+        if (bytes) std::memcpy(t_->buf->data, src, bytes);
+      }
+    } catch (const Error& e) {
+      throw_ty(env, e, "tensor");
+    }
+  }
+  T get(const char* arg) {
+    if (!t_) throw Error(Code::DISPOSED, std::string("Tensor ") + arg + " has been disposed", arg);
+    return t_;
+  }
+
+ private:
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    try {
+      const auto& c = stream_arg(env, info[0]);
+      T t = get("tensor");
+      size_t bytes = t->buf->bytes;
+      Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes);
+      napi_ref ref;
+      napi_create_reference(env, ab, 1, &ref);
+      void* dst = ab.Data();
+      return StreamW::Complete(env, c, Completion::kRead, [t, dst, bytes] { if (bytes) std::memcpy(dst, t->buf->data, bytes); }, ref);
+    } catch (const Error& e) {
+      throw_ty(env, e, "read");
+    }
+  }
+  // write(stream, typedArray): snapshot the data now (so the caller may reuse its array at
+  // once), copy into the tensor in stream order.
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    try {
+      const auto& c = stream_arg(env, info[0]);
+      T t = get("tensor");
+      if (!info[1].IsTypedArray()) bad("data", "a TypedArray", info[1]);
+      Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
+      if (ta.ByteLength() != t->buf->bytes)
+        throw Error(Code::SHAPE, "Expected " + std::to_string(t->buf->bytes) + " bytes for data but received " +
+                                     std::to_string(ta.ByteLength()), "data");
+      auto snap = cpu::Buffer::allocate(t->buf->bytes);
+      if (snap->bytes) std::memcpy(snap->data, (uint8_t*)ta.ArrayBuffer().Data() + ta.ByteOffset(), snap->bytes);
+      c->stream->enqueue("write", [t, snap] { if (snap->bytes) std::memcpy(t->buf->data, snap->data, snap->bytes); });
+    } catch (const Error& e) {
+      throw_ty(env, e, "write");
+    }
+    return env.Undefined();
+  }
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    t_.reset();  // queued ops keep their own references
+    return info.Env().Undefined();
+  }
+  Napi::Value Bytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), t_ ? (double)t_->buf->bytes : 0.0);
+  }
+  Napi::Value IsExternal(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), t_ && t_->buf->external); }
+
+ public:
+  static const std::shared_ptr<StreamCtx>& stream_arg(Napi::Env env, Napi::Value v) {
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(inst(env).stream_ctor.Value())) bad("stream", "a Stream", v);
+    return StreamW::Unwrap(v.As<Napi::Object>())->ctx("op");
+  }
+  static T tensor_arg(Napi::Env env, Napi::Value v, const char* arg, bool optional = false) {
+    if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(inst(env).tensor_ctor.Value())) bad(arg, "a Tensor", v);
+    return TensorW::Unwrap(v.As<Napi::Object>())->get(arg);
+  }
+
+ private:
+  T t_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Ops: op(stream, ...tensors, ...scalars). Each wrapper converts and forwards.
+template <class F>
+Napi::Value guard(const Napi::CallbackInfo& info, const char* op, F&& f) {
+  Napi::Env env = info.Env();
+  try {
+    inst(env).graveyard->sweep(env);
+    f(env, *TensorW::stream_arg(env, info[0]));
+  } catch (const Error& e) {
+    throw_ty(env, e, op);
+  } catch (const std::bad_alloc&) {
+    throw make_error(env, Code::OOM, "Out of host memory", op, "");
+  }
+  return env.Undefined();
+}
+
+#define TENSOR(i, name) TensorW::tensor_arg(env, info[i], name)
+#define OPT_TENSOR(i, name) TensorW::tensor_arg(env, info[i], name, true)
+
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  return guard(info, "matmul", [&](Napi::Env env, StreamCtx& c) {
+    cpu::GemmOpts o;
+    o.b_trans = boolean(info[5], "transB");
+    o.alpha = (float)num(info[6], "alpha");
+    o.beta = (float)num(info[7], "beta");
+    cpu::op_gemm(c.core, *c.stream, TENSOR(1, "a"), TENSOR(2, "b"), OPT_TENSOR(3, "bias"), TENSOR(4, "out"), o);
+  });
+}
+Napi::Value Binary(const Napi::CallbackInfo& info) {
+  return guard(info, "binary", [&](Napi::Env env, StreamCtx& c) {
+    int64_t op = integer(info[1], "op", 0, 1);
+    cpu::op_binary(c.core, *c.stream, (BinaryOp)op, TENSOR(2, "a"), TENSOR(3, "b"), TENSOR(4, "out"));
+  });
+}
+Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+  return guard(info, "siluMul", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_silu_mul(c.core, *c.stream, TENSOR(1, "gate"), TENSOR(2, "up"), TENSOR(3, "out"));
+  });
+}
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  return guard(info, "rmsNorm", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_rms_norm(c.core, *c.stream, TENSOR(1, "x"), OPT_TENSOR(2, "weight"), (float)num(info[3], "eps"), TENSOR(4, "out"));
+  });
+}
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  return guard(info, "rope", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_rope(c.core, *c.stream, TENSOR(1, "x"), TENSOR(2, "positions"), integer(info[3], "rotaryDim", -1, 1 << 20),
+                 (float)num(info[4], "freqBase"), (float)num(info[5], "freqScale"), boolean(info[6], "neox"));
+  });
+}
+Napi::Value Softmax(const Napi::CallbackInfo& info) {
+  return guard(info, "softmax", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_softmax(c.core, *c.stream, TENSOR(1, "x"), (float)num(info[2], "scale"), TENSOR(3, "out"));
+  });
+}
+Napi::Value Embedding(const Napi::CallbackInfo& info) {
+  return guard(info, "embedding", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_embedding(c.core, *c.stream, TENSOR(1, "table"), TENSOR(2, "ids"), TENSOR(3, "out"));
+  });
+}
+Napi::Value Copy(const Napi::CallbackInfo& info) {
+  return guard(info, "copy", [&](Napi::Env env, StreamCtx& c) { cpu::op_copy(c.core, *c.stream, TENSOR(1, "src"), TENSOR(2, "dst")); });
+}
+Napi::Value Probe(const Napi::CallbackInfo& info) {
+  return guard(info, "probe", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_probe(c.core, *c.stream, (int)integer(info[1], "kind", 0, 3), integer(info[2], "iters", 1, (int64_t)1 << 40),
+                  OPT_TENSOR(3, "buf"), TENSOR(4, "result"));
+  });
+}
+
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected a constructor for errorClass");
+  inst(info.Env()).error_ctor = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Value Doctor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("cpu", cpu::cpu_brand());
+  o.Set("isaDetected", cpu::isa_name(cpu::isa_detected()));
+  o.Set("hardwareThreads", (double)std::thread::hardware_concurrency());
+#ifdef TY_HAVE_CUDA
+  o.Set("cudaCompiled", true);
+#else
+  o.Set("cudaCompiled", false);
+#endif
+  o.Set("cudaArchs", ty_cuda_archs());
+  char reason[256] = {0};
+  int n = ty_cuda_device_count(reason, sizeof reason);
+  o.Set("cudaDevices", n);
+  o.Set("cudaReason", reason);
+#ifdef __VERSION__
+  o.Set("compiler", __VERSION__);
+#endif
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* in = new Instance();
+  env.SetInstanceData(in);
+  Napi::Function rt = RuntimeW::Init(env), st = StreamW::Init(env), te = TensorW::Init(env);
+  in->runtime_ctor = Napi::Persistent(rt);
+  in->stream_ctor = Napi::Persistent(st);
+  in->tensor_ctor = Napi::Persistent(te);
+  exports.Set("Runtime", rt);
+  exports.Set("Stream", st);
+  exports.Set("Tensor", te);
+  exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
+  exports.Set("doctor", Napi::Function::New(env, Doctor));
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("binary", Napi::Function::New(env, Binary));
+  exports.Set("siluMul", Napi::Function::New(env, SiluMul));
+  exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
+  exports.Set("rope", Napi::Function::New(env, Rope));
+  exports.Set("softmax", Napi::Function::New(env, Softmax));
+  exports.Set("embedding", Napi::Function::New(env, Embedding));
+  exports.Set("copy", Napi::Function::New(env, Copy));
+  exports.Set("probe", Napi::Function::New(env, Probe));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(tachyon, Init)

@@ -1,0 +1,419 @@
+// Tachyon: standalone test of the quantized formats (native/cpu/quant.cpp) and the
+// quantized GEMM (native/cpu/kernels/qgemm.cpp, every ISA variant) against the float64
+// reference (native/cpu/ref/qgemm_ref.cpp). Build and run: native/tests/qgemm_test.sh.
+//
+// Tolerance model (one place; |got - ref| <= allowed):
+//  * kernel vs its specification (A quantized per block to int8, exact integer dots):
+//      allowed = 2^-22 * (nb + 3) * mag  [+ output rounding]
+//    mag = sum of |terms| the kernel adds in f32 (one term per block, plus the min term,
+//    bias and residual); each f32 add / multiply / int->f32 conversion contributes at most
+//    2^-24 relative to that sum, and a sequential sum of nb+3 terms at most (nb+3) of them;
+//    2^-22 leaves a factor 4 of margin. Output rounding: f16 adds 2^-11 |ref| + 2^-24,
+//    bf16 adds 2^-8 |ref| + 2^-126 (one rounding of the output dtype).
+//  * kernel vs the exact product with the dequantized weights (A not quantized):
+//      allowed = the above + act_err, act_err = sum_blocks (sa/2) * sum|w| (the a priori
+//      bound of rounding each activation to the nearest multiple of sa) + 2^-22 sum|a w|.
+#include <atomic>
+#include <condition_variable>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qkernels.h"
+#include "qgemm_pool.h"
+#include "ref/qgemm_ref.h"
+#include "tachyon/error.h"
+#include "tachyon/quant.h"
+
+using namespace ty;
+
+// ---- helpers ----------------------------------------------------------------------------
+static int g_fail = 0, g_pass = 0;
+#define CHECK(cond, ...)                                         \
+  do {                                                           \
+    if (cond) { ++g_pass; } else {                               \
+      ++g_fail;                                                  \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
+      std::fprintf(stderr, __VA_ARGS__);                         \
+      std::fprintf(stderr, "\n");                                \
+    }                                                            \
+  } while (0)
+
+struct PlainBuf {
+  std::vector<uint8_t> q, s, m;
+  QPlain p;
+  PlainBuf(const QuantFormat& f, int64_t N, int64_t K)
+      : q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), m(f.asym ? q_plain_scale_bytes(f, N, K) : 0) {
+    p.fmt = f; p.N = N; p.K = K; p.q = q.data(); p.scales = s.data(); p.mins = f.asym ? m.data() : nullptr;
+  }
+};
+struct Aligned {
+  void* raw; uint8_t* p;
+  explicit Aligned(size_t n) : raw(std::malloc(n + 64)) { p = (uint8_t*)(((uintptr_t)raw + 63) & ~(uintptr_t)63); std::memset(p, 0xA5, n); }
+  ~Aligned() { std::free(raw); }
+};
+
+static std::string fmt_name(const QuantFormat& f) {
+  std::string s = f.kind == QKind::int8 ? "int8" : (f.asym ? "int4a" : "int4s");
+  s += f.group ? "-g" + std::to_string(f.group) : "-pc";
+  s += f.scale_dtype == DType::f16 ? "-f16" : "-f32";
+  return s;
+}
+
+// Weights with a spread of magnitudes per row and a few outliers; a few all-zero blocks.
+static std::vector<float> rand_weights(std::mt19937& rng, int64_t N, int64_t K) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::uniform_real_distribution<float> ud(0.0f, 1.0f);
+  std::vector<float> w(N * K);
+  for (int64_t n = 0; n < N; ++n) {
+    float rs = std::exp2f((float)(int)(ud(rng) * 8) - 6);
+    for (int64_t k = 0; k < K; ++k) {
+      float v = nd(rng) * rs;
+      if (ud(rng) < 0.002f) v *= 8;
+      w[n * K + k] = v;
+    }
+    if (n % 7 == 3) for (int64_t k = 0; k < std::min<int64_t>(K, 32); ++k) w[n * K + k] = 0;
+  }
+  return w;
+}
+
+static void store_act(void* p, DType t, int64_t i, float v) {
+  if (t == DType::f32) static_cast<float*>(p)[i] = v;
+  else if (t == DType::f16) static_cast<uint16_t*>(p)[i] = f32_to_f16(v);
+  else static_cast<uint16_t*>(p)[i] = f32_to_bf16(v);
+}
+static double load_act(const void* p, DType t, int64_t i) {
+  if (t == DType::f32) return static_cast<const float*>(p)[i];
+  if (t == DType::f16) return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+  return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+
+using QFn = void (*)(const QGemmArgs&, Parallel&);
+struct IsaImpl { const char* name; QFn fn; bool on; };
+
+// ---- GEMM correctness -------------------------------------------------------------------
+struct Worst { double ratio = 0; std::string where; };
+
+static void gemm_case(std::vector<IsaImpl>& isas, const QuantFormat& f, int64_t M, int64_t N, int64_t K,
+                      DType adt, DType cdt, bool bias, int resid /*0 none, 1 separate, 2 alias C*/,
+                      uint32_t seed, std::vector<Worst>& worst, Parallel& pool, bool serial_too) {
+  std::mt19937 rng(seed);
+  PlainBuf pb(f, N, K);
+  std::vector<float> w = rand_weights(rng, N, K);
+  quantize(w.data(), K, pb.p);
+  const QPackedLayout L = q_packed_layout(f, N, K);
+  Aligned packed(L.total);
+  q_repack(pb.p, packed.p);
+
+  const int64_t lda = K + (seed % 3 == 0 ? 5 : 0), ldc = N + (seed % 2 ? 3 : 0);
+  const size_t aes = dtype_bytes(adt, 1), ces = dtype_bytes(cdt, 1);
+  std::vector<uint8_t> A(M * lda * aes), R(M * ldc * ces), C(M * ldc * ces);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    const float rs = (m % 5 == 4) ? 1e-3f : (m % 5 == 1 ? 30.0f : 1.0f);
+    for (int64_t k = 0; k < lda; ++k) store_act(A.data(), adt, m * lda + k, (m % 11 == 7) ? 0.0f : nd(rng) * rs);
+    for (int64_t n = 0; n < ldc; ++n) store_act(R.data(), cdt, m * ldc + n, nd(rng));
+  }
+  std::vector<float> bv(N);
+  for (auto& b : bv) b = nd(rng);
+
+  QGemmArgs g;
+  g.w.fmt = f; g.w.N = N; g.w.K = K; g.w.data = packed.p;
+  g.a_dtype = adt; g.M = M; g.A = A.data(); g.lda = lda;
+  g.c_dtype = cdt; g.C = C.data(); g.ldc = ldc;
+  g.bias = bias ? bv.data() : nullptr;
+  g.residual = resid == 0 ? nullptr : (resid == 1 ? (const void*)R.data() : (const void*)C.data());
+  g.ldr = ldc;
+  qgemm_check(g, K);
+  if (resid == 2) C = R;  // residual lives in C
+
+  ref::QGemmRef ref;
+  ref::qgemm_ref(pb.p, g, ref);
+  const int64_t nb = q_num_blocks(f, K);
+  const std::vector<uint8_t> C0 = C;
+  SerialParallel serial;
+  for (size_t i = 0; i < isas.size(); ++i) {
+    if (!isas[i].on) continue;
+    for (int run = 0; run < (serial_too ? 2 : 1); ++run) {
+      C = C0;
+      isas[i].fn(g, run == 0 ? pool : static_cast<Parallel&>(serial));
+      double wr = 0; int64_t wm = 0, wn = 0; double wg = 0, wref = 0; const char* which = "";
+      bool guard_ok = true;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < ldc; ++n) {
+          if (n >= N) {  // padding columns must be untouched
+            if (std::memcmp(&C[(m * ldc + n) * ces], &C0[(m * ldc + n) * ces], ces)) guard_ok = false;
+            continue;
+          }
+          const double got = load_act(C.data(), cdt, m * ldc + n);
+          const double sp = ref.spec[m * N + n], ex = ref.exact[m * N + n];
+          double tol = std::ldexp(ref.mag[m * N + n], -22) * (double)(nb + 3);
+          if (cdt == DType::f16) tol += std::ldexp(std::fabs(sp), -11) + std::ldexp(1.0, -24);
+          if (cdt == DType::bf16) tol += std::ldexp(std::fabs(sp), -8) + std::ldexp(1.0, -126);
+          const double d1 = std::fabs(got - sp), d2 = std::fabs(got - ex);
+          const double r1 = d1 == 0 ? 0 : d1 / tol;
+          const double r2 = d2 == 0 ? 0 : d2 / (tol + ref.act_err[m * N + n]);
+          if (!(r1 <= wr) || !(r2 <= wr)) {
+            if (!(r1 <= r2)) { wr = r1; which = "spec"; wref = sp; } else { wr = r2; which = "exact"; wref = ex; }
+            if (std::isnan(got)) wr = 1e30;
+            wm = m; wn = n; wg = got;
+          }
+        }
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "%s M=%lld N=%lld K=%lld A=%s C=%s bias=%d res=%d %s (m=%lld n=%lld got=%.9g %s=%.9g)",
+                    fmt_name(f).c_str(), (long long)M, (long long)N, (long long)K, dtype_name(adt), dtype_name(cdt),
+                    (int)bias, resid, run ? "serial" : "pool", (long long)wm, (long long)wn, wg, which, wref);
+      CHECK(wr <= 1.0, "[%s] %s err/tol = %.3g", isas[i].name, buf, wr);
+      CHECK(guard_ok, "[%s] %s wrote outside N", isas[i].name, buf);
+      if (wr > worst[i].ratio) { worst[i].ratio = wr; worst[i].where = buf; }
+    }
+  }
+}
+
+// ---- quantize / dequantize / repack ----------------------------------------------------
+static void test_quantize(std::mt19937& rng) {
+  const DType sdts[2] = {DType::f32, DType::f16};
+  std::vector<QuantFormat> fmts;
+  for (DType sd : sdts) {
+    for (int gsz : {0, 32, 64, 128}) { QuantFormat f; f.kind = QKind::int8; f.group = gsz; f.scale_dtype = sd; fmts.push_back(f); }
+    for (int gsz : {32, 64, 128})
+      for (bool a : {false, true}) { QuantFormat f; f.kind = QKind::int4; f.group = gsz; f.asym = a; f.scale_dtype = sd; fmts.push_back(f); }
+  }
+  for (const QuantFormat& f : fmts) {
+    const int64_t N = 37, K = (f.group ? f.group : 32) * 5 + (f.group ? 0 : 3);
+    std::vector<float> w = rand_weights(rng, N, K);
+    PlainBuf a(f, N, K), b(f, N, K);
+    QuantStats st = quantize(w.data(), K, a.p);
+    quantize(w.data(), K, b.p);
+    CHECK(a.q == b.q && a.s == b.s && a.m == b.m, "%s: quantize is not deterministic", fmt_name(f).c_str());
+    std::vector<float> d(N * K);
+    dequantize(a.p, d.data(), K);
+    // Every code is the nearest representable grid point (ties either way).
+    const bool i4 = f.kind == QKind::int4;
+    const int qmin = i4 ? (f.asym ? 0 : -8) : -127, qmax = i4 ? (f.asym ? 15 : 7) : 127;
+    const int64_t G = f.group ? f.group : K, nb = K / G;
+    int bad = 0;
+    double max_err = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t i = n * nb + k / G;
+        const float sd = f.scale_dtype == DType::f16 ? f16_to_f32(((uint16_t*)a.p.scales)[i]) : ((float*)a.p.scales)[i];
+        const float mn = f.asym ? (f.scale_dtype == DType::f16 ? f16_to_f32(((uint16_t*)a.p.mins)[i]) : ((float*)a.p.mins)[i]) : 0.0f;
+        double best = 1e300;
+        for (int q = qmin; q <= qmax; ++q) {
+          float v = (float)q * sd;
+          if (f.asym) v = v + mn;
+          best = std::fmin(best, std::fabs((double)v - w[n * K + k]));
+        }
+        const double err = std::fabs((double)d[n * K + k] - w[n * K + k]);
+        max_err = std::fmax(max_err, err);
+        if (err > best * (1 + 1e-6) + std::fabs(sd) * 1e-6 + 1e-30) ++bad;
+      }
+    CHECK(bad == 0, "%s: %d elements not quantized to the nearest code", fmt_name(f).c_str(), bad);
+    CHECK(std::fabs(st.max_abs_err - max_err) <= 1e-12 * (1 + max_err), "%s: stats max_abs_err %g vs %g", fmt_name(f).c_str(), st.max_abs_err, max_err);
+    CHECK(st.max_err_step <= 0.5 + 1e-6 || st.clamped > 0, "%s: max_err_step %g without clamping", fmt_name(f).c_str(), st.max_err_step);
+    // Repack round trip and padding.
+    const QPackedLayout L = q_packed_layout(f, N, K);
+    Aligned pk(L.total);
+    q_repack(a.p, pk.p);
+    QPacked qp; qp.fmt = f; qp.N = N; qp.K = K; qp.data = pk.p;
+    PlainBuf c(f, N, K);
+    q_unpack(qp, c.p);
+    CHECK(a.q == c.q && a.s == c.s && a.m == c.m, "%s: repack/unpack round trip differs", fmt_name(f).c_str());
+    CHECK(L.panel_bytes % 64 == 0 && L.total == (size_t)(L.panels * L.panel_bytes), "%s: layout", fmt_name(f).c_str());
+    std::printf("  quantize %-14s rms_err %.3g max_err/step %.3f clamped %lld\n", fmt_name(f).c_str(), st.rms_err,
+                st.max_err_step, (long long)st.clamped);
+  }
+  // Hand-checked layout bytes: int4 sym g32, one row, codes q[k] = (k % 16) - 8.
+  {
+    QuantFormat f; f.kind = QKind::int4; f.group = 32; f.scale_dtype = DType::f32;
+    PlainBuf a(f, 1, 32);
+    for (int k = 0; k < 32; ++k) {
+      const int q = (k % 16) - 8;
+      uint8_t& b = a.q[k / 2];
+      b = (k & 1) ? (uint8_t)((b & 15) | ((q & 15) << 4)) : (uint8_t)((b & 0xf0) | (q & 15));
+    }
+    ((float*)a.p.scales)[0] = 0.5f;
+    const QPackedLayout L = q_packed_layout(f, 1, 32);
+    Aligned pk(L.total);
+    q_repack(a.p, pk.p);
+    // vector 0, channel 0: bytes 0..3: low nibble u[k=i] = i (q+8), high u[k=4+i] = 4+i
+    CHECK(pk.p[0] == 0x40 && pk.p[3] == 0x73 && pk.p[64] == 0xC8 && pk.p[4] == 0x88 && pk.p[192 + 3] == 0xFB,
+          "int4 repacked bytes %02x %02x %02x %02x %02x", pk.p[0], pk.p[3], pk.p[64], pk.p[4], pk.p[192 + 3]);
+    float s; std::memcpy(&s, pk.p + L.scale_off, 4);
+    CHECK(L.scale_off == 256 && s == 0.5f, "int4 scale offset %lld", (long long)L.scale_off);
+  }
+}
+
+// ---- GGUF importers: hand-built blocks vs ggml's definition -----------------------------
+// ggml's dequantization written out from its definition (block structs in quant.cpp).
+static void ggml_dequant(int t, const uint8_t* blk, float* y) {
+  uint16_t dh; std::memcpy(&dh, blk, 2);
+  const float d = f16_to_f32(dh);
+  if (t == kGgmlQ8_0) { for (int j = 0; j < 32; ++j) y[j] = (float)(int8_t)blk[2 + j] * d; return; }
+  if (t == kGgmlQ4_0) {
+    for (int j = 0; j < 16; ++j) {
+      const int x0 = (blk[2 + j] & 0x0F) - 8, x1 = (blk[2 + j] >> 4) - 8;
+      y[j] = x0 * d; y[j + 16] = x1 * d;
+    }
+    return;
+  }
+  uint16_t mh; std::memcpy(&mh, blk + 2, 2);
+  const float m = f16_to_f32(mh);
+  for (int j = 0; j < 16; ++j) {
+    const int x0 = blk[4 + j] & 0x0F, x1 = blk[4 + j] >> 4;
+    float a = x0 * d; y[j] = a + m;
+    float b = x1 * d; y[j + 16] = b + m;
+  }
+}
+
+static void test_gguf(std::mt19937& rng) {
+  // Scale / min bit patterns: normal, negative, tiny subnormal, max, zero, -0, 1.
+  const uint16_t hs[] = {0x3c00, 0x2e66, 0xb555, 0x0001, 0x03ff, 0x7bff, 0x0000, 0x8000, 0x1234, 0xc900};
+  for (int t : {kGgmlQ4_0, kGgmlQ4_1, kGgmlQ8_0}) {
+    const int64_t bb = (int64_t)gguf_row_bytes(t, 32);
+    const int64_t N = 3, K = 32 * 12;  // 36 blocks
+    std::vector<uint8_t> src(gguf_row_bytes(t, K) * N);
+    for (int64_t i = 0; i < N * K / 32; ++i) {
+      uint8_t* blk = &src[i * bb];
+      const uint16_t d = hs[i % 10], m = hs[(i * 3 + 1) % 10];
+      std::memcpy(blk, &d, 2);
+      if (t == kGgmlQ4_1) std::memcpy(blk + 2, &m, 2);
+      uint8_t* qs = blk + (t == kGgmlQ4_1 ? 4 : 2);
+      const int nq = t == kGgmlQ8_0 ? 32 : 16;
+      for (int j = 0; j < nq; ++j) {
+        // first blocks: every code in order (incl. -128 for Q8_0), then random
+        if (i < 2) qs[j] = t == kGgmlQ8_0 ? (uint8_t)(i * 128 + j * 4) : (uint8_t)((j & 15) | ((15 - j) << 4));
+        else qs[j] = (uint8_t)rng();
+      }
+    }
+    const QuantFormat f = gguf_native_format(t);
+    PlainBuf pb(f, N, K);
+    gguf_import(t, src.data(), src.size(), N, K, pb.p);
+    std::vector<float> got(N * K), want(N * K);
+    dequantize(pb.p, got.data(), K);
+    for (int64_t i = 0; i < N * K / 32; ++i) ggml_dequant(t, &src[i * bb], &want[i * 32]);
+    int diff = 0;
+    for (int64_t i = 0; i < N * K; ++i)
+      if (std::memcmp(&got[i], &want[i], 4) != 0 && !(std::isnan(got[i]) && std::isnan(want[i]))) ++diff;
+    CHECK(diff == 0, "gguf type %d: %d values differ from ggml's dequantization", t, diff);
+    // And through the repacked layout and back.
+    const QPackedLayout L = q_packed_layout(f, N, K);
+    Aligned pk(L.total);
+    q_repack(pb.p, pk.p);
+    QPacked qp; qp.fmt = f; qp.N = N; qp.K = K; qp.data = pk.p;
+    PlainBuf back(f, N, K);
+    q_unpack(qp, back.p);
+    CHECK(back.q == pb.q && back.s == pb.s && back.m == pb.m, "gguf type %d: repack round trip", t);
+    // Bad sizes.
+    bool threw = false;
+    try { gguf_import(t, src.data(), src.size() - 1, N, K, pb.p); } catch (const Error& e) { threw = e.code == Code::SHAPE; }
+    CHECK(threw, "gguf type %d: short buffer not rejected", t);
+    threw = false;
+    try { PlainBuf x(f, N, 48); gguf_import(t, src.data(), src.size(), N, 48, x.p); } catch (const Error& e) { threw = e.code == Code::SHAPE; }
+    CHECK(threw, "gguf type %d: K=48 not rejected", t);
+    std::printf("  gguf import type %d: %lld values bit-exact\n", t, (long long)(N * K));
+  }
+  bool threw = false;
+  try { gguf_native_format(12); } catch (const Error& e) { threw = e.code == Code::UNSUPPORTED; }
+  CHECK(threw, "unsupported ggml type not rejected");
+}
+
+// ---- bad arguments ----------------------------------------------------------------------
+static void test_bad_args() {
+  auto expect = [](const char* what, Code want, const std::function<void()>& fn) {
+    try { fn(); } catch (const Error& e) {
+      CHECK(e.code == want, "%s: got %s (%s), want %s", what, code_name(e.code), e.what(), code_name(want));
+      return;
+    }
+    CHECK(false, "%s: no error", what);
+  };
+  QuantFormat f; f.kind = QKind::int4; f.group = 32;
+  alignas(64) static uint8_t buf[1 << 16];
+  static float A[4 * 96], C[4 * 64];
+  QGemmArgs g; g.w.fmt = f; g.w.N = 64; g.w.K = 96; g.w.data = buf;
+  g.M = 4; g.A = A; g.lda = 96; g.C = C; g.ldc = 64;
+  qgemm_check(g, 96);  // valid
+  expect("mismatched K", Code::SHAPE, [&] { qgemm_check(g, 95); });
+  { QGemmArgs b = g; b.w.K = 80; expect("group does not divide K", Code::SHAPE, [&] { qgemm_check(b, 80); }); }
+  { QGemmArgs b = g; b.w.fmt.group = 48; expect("group 48", Code::INVALID_ARG, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.w.fmt.group = 0; expect("int4 per-channel", Code::INVALID_ARG, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.w.fmt.kind = QKind::int8; b.w.fmt.asym = true; expect("int8 asym", Code::INVALID_ARG, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.w.fmt.scale_dtype = DType::bf16; expect("bf16 scales", Code::DTYPE, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.a_dtype = DType::int8; expect("A dtype", Code::DTYPE, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.c_dtype = DType::i32; expect("C dtype", Code::DTYPE, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.M = 0; expect("M=0", Code::SHAPE, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.lda = 90; expect("lda < K", Code::SHAPE, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.ldc = 10; expect("ldc < N", Code::SHAPE, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.w.data = buf + 1; expect("misaligned weights", Code::INVALID_ARG, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.residual = C + 1; b.ldr = 64; expect("residual overlap", Code::INVALID_ARG, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.residual = C; b.ldr = 65; expect("residual alias stride", Code::INVALID_ARG, [&] { qgemm_check(b, 96); }); }
+  { QGemmArgs b = g; b.w.K = 70000; b.w.fmt.group = 0; b.w.fmt.kind = QKind::int8; b.lda = 70000;
+    expect("K too large", Code::SHAPE, [&] { qgemm_check(b, 70000); }); }
+}
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  std::vector<IsaImpl> isas = {
+      {"scalar", &cpu::scalar::qgemm, true},
+      {"avx2", &cpu::avx2::qgemm, (bool)__builtin_cpu_supports("avx2") && (bool)__builtin_cpu_supports("fma")},
+#if defined(TY_AVX512_EMULATED)
+      {"avx512(emulated)", &cpu::avx512::qgemm, true},
+#else
+      {"avx512", &cpu::avx512::qgemm, (bool)__builtin_cpu_supports("avx512vnni") && (bool)__builtin_cpu_supports("avx512bw")},
+#endif
+  };
+  for (auto& i : isas) std::printf("isa %-17s %s\n", i.name, i.on ? "tested" : "NOT AVAILABLE on this CPU (skipped)");
+
+  std::mt19937 rng(1234);
+  std::printf("quantize / repack:\n");
+  test_quantize(rng);
+  std::printf("gguf importers:\n");
+  test_gguf(rng);
+  test_bad_args();
+
+  std::printf("qgemm:\n");
+  ThreadPool pool(2);
+  std::vector<QuantFormat> fmts;
+  for (DType sd : {DType::f32, DType::f16}) {
+    for (int gsz : {0, 32, 128}) { QuantFormat f; f.kind = QKind::int8; f.group = gsz; f.scale_dtype = sd; fmts.push_back(f); }
+    for (int gsz : {32, 64, 128})
+      for (bool a : {false, true}) { QuantFormat f; f.kind = QKind::int4; f.group = gsz; f.asym = a; f.scale_dtype = sd; fmts.push_back(f); }
+  }
+  const DType acts[3] = {DType::f32, DType::f16, DType::bf16};
+  std::vector<Worst> worst(isas.size());
+  uint32_t seed = 1;
+  int cases = 0;
+  for (const QuantFormat& f : fmts) {
+    const int64_t G = f.group;
+    // K: a few blocks (not a multiple of 256), one long K; per-channel also odd K.
+    std::vector<int64_t> Ks = G ? std::vector<int64_t>{3 * G, 5 * G, G * ((4160 + G - 1) / G)}
+                                : std::vector<int64_t>{1, 3, 96, 161, 4160};
+    for (int64_t K : Ks)
+      for (int64_t M : {1, 3, 8, 17, 600}) {
+        if (quick && M == 600 && K > 1000) continue;
+        for (int64_t N : {1, 45, 67}) {
+          if (K > 1000 && M == 600 && N != 45) continue;  // keep the scalar reference fast
+          if (M == 600 && N == 1) continue;
+          const DType adt = acts[seed % 3], cdt = acts[(seed / 3) % 3];
+          const bool bias = seed % 2 == 0;
+          const int res = (int)((seed / 2) % 3);
+          gemm_case(isas, f, M, N, K, adt, cdt, bias, res, seed, worst, pool, M <= 17 && N == 45);
+          ++seed; ++cases;
+        }
+      }
+  }
+  std::printf("  %d shape/format cases\n", cases);
+  for (size_t i = 0; i < isas.size(); ++i)
+    if (isas[i].on) std::printf("  worst err/tol %-17s %.3f  at %s\n", isas[i].name, worst[i].ratio, worst[i].where.c_str());
+
+  std::printf("%d passed, %d failed\n", g_pass, g_fail);
+  return g_fail ? 1 : 0;
+}
