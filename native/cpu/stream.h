@@ -25,6 +25,7 @@ struct Buffer {
   void* data = nullptr;
   size_t bytes = 0;
   bool external = false;
+  bool mapped = false;  // owned, from mmap (page aligned)
   std::function<void()> release;
 
   static std::shared_ptr<Buffer> allocate(size_t bytes);  // throws ty::Error(OOM)

@@ -180,7 +180,7 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     core_.reset();  // the pool lives on while streams or queued ops still hold it
-    return info.Env().Undefined();
+    return Napi::Value();  // undefined; no napi call (safe while a worker terminates)
   }
   Core core_;
 };
@@ -259,22 +259,27 @@ class StreamW : public Napi::ObjectWrap<StreamW> {
 
   static void Deliver(Napi::Env env, Napi::Function, Completion* c) {
     if (env != nullptr) {
-      Napi::HandleScope scope(env);
-      StreamCtx& ctx = *c->ctx;
-      if (--ctx.pending == 0 && !ctx.released) ctx.tsfn.Unref(env);
-      if (!c->status.ok) {
-        c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, "").Value());
-      } else if (c->kind == Completion::kRead) {
-        napi_value ab;
-        napi_get_reference_value(env, c->dst, &ab);
-        c->deferred.Resolve(Napi::Value(env, ab));
-      } else if (c->kind == Completion::kTime) {
-        c->deferred.Resolve(Napi::Number::New(env, c->value));
-      } else {
-        c->deferred.Resolve(env.Undefined());
+      try {
+        Napi::HandleScope scope(env);
+        StreamCtx& ctx = *c->ctx;
+        if (--ctx.pending == 0 && !ctx.released) ctx.tsfn.Unref(env);
+        if (!c->status.ok) {
+          c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, "").Value());
+        } else if (c->kind == Completion::kRead) {
+          napi_value ab;
+          napi_get_reference_value(env, c->dst, &ab);
+          c->deferred.Resolve(Napi::Value(env, ab));
+        } else if (c->kind == Completion::kTime) {
+          c->deferred.Resolve(Napi::Number::New(env, c->value));
+        } else {
+          c->deferred.Resolve(env.Undefined());
+        }
+        inst(env).graveyard->sweep(env);
+      } catch (const Napi::Error&) {
+        // JS execution is terminating (worker.terminate(), process exit): nobody is left
+        // to receive the result. Never let the exception escape into libuv.
       }
       if (c->dst) napi_delete_reference(env, c->dst);
-      inst(env).graveyard->sweep(env);
     }
     delete c;
   }
@@ -310,14 +315,14 @@ class StreamW : public Napi::ObjectWrap<StreamW> {
     } catch (const Error& e) {
       throw_ty(info.Env(), e, "reset");
     }
-    return info.Env().Undefined();
+    return Napi::Value();  // undefined; no napi call (safe while a worker terminates)
   }
   Napi::Value Pending(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), ctx_ ? (double)ctx_->stream->pending() : 0.0);
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     shutdown();
-    return info.Env().Undefined();
+    return Napi::Value();  // undefined; no napi call (safe while a worker terminates)
   }
   std::shared_ptr<StreamCtx> ctx_;
 };
@@ -411,11 +416,11 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
     } catch (const Error& e) {
       throw_ty(env, e, "write");
     }
-    return env.Undefined();
+    return Napi::Value();
   }
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     t_.reset();  // queued ops keep their own references
-    return info.Env().Undefined();
+    return Napi::Value();  // undefined; no napi call (safe while a worker terminates)
   }
   Napi::Value Bytes(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), t_ ? (double)t_->buf->bytes : 0.0);
@@ -450,7 +455,7 @@ Napi::Value guard(const Napi::CallbackInfo& info, const char* op, F&& f) {
   } catch (const std::bad_alloc&) {
     throw make_error(env, Code::OOM, "Out of host memory", op, "");
   }
-  return env.Undefined();
+  return Napi::Value();
 }
 
 #define TENSOR(i, name) TensorW::tensor_arg(env, info[i], name)
@@ -510,7 +515,7 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
 Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected a constructor for errorClass");
   inst(info.Env()).error_ctor = Napi::Persistent(info[0].As<Napi::Function>());
-  return info.Env().Undefined();
+  return Napi::Value();  // undefined; no napi call (safe while a worker terminates)
 }
 
 Napi::Value Doctor(const Napi::CallbackInfo& info) {

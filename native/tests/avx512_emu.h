@@ -87,6 +87,11 @@ static inline emu_mmask16 emu_mm512_cmp_ps_mask(emu_m512 a, emu_m512 b, int pred
   for (int k = 0; k < 16; ++k) if (std::isnan(a.f[k]) || std::isnan(b.f[k])) m |= (emu_mmask16)(1u << k);
   return m;
 }
+static inline emu_mmask16 emu_mm512_movepi32_mask(emu_m512i a) {
+  emu_mmask16 m = 0;
+  for (int k = 0; k < 16; ++k) if (a.i[k] < 0) m |= (emu_mmask16)(1u << k);
+  return m;
+}
 // doubles
 static inline emu_m512d emu_mm512_cvtps_pd(__m256 a) {
   float f[8]; std::memcpy(f, &a, 32);
@@ -153,6 +158,7 @@ static inline __m256i emu_mm512_cvtps_ph(emu_m512 a, int imm) {
 static inline emu_m512 emu_mm512_loadu_ps(const float* p) { emu_m512 r; std::memcpy(r.f, p, 64); return r; }
 static inline void emu_mm512_storeu_ps(float* p, emu_m512 a) { std::memcpy(p, a.f, 64); }
 static inline void emu_mm512_store_ps(float* p, emu_m512 a) { std::memcpy(p, a.f, 64); }
+static inline emu_m512 emu_mm512_load_ps(const float* p) { return emu_mm512_loadu_ps(p); }
 static inline emu_m512 emu_mm512_maskz_loadu_ps(emu_mmask16 m, const float* p) {
   emu_m512 r; for (int k = 0; k < 16; ++k) r.f[k] = (m >> k & 1) ? p[k] : 0.0f; return r;
 }
@@ -223,6 +229,8 @@ static inline void emu_mm256_mask_storeu_epi16(void* p, emu_mmask16 m, __m256i a
 #define _mm512_loadu_ps emu_mm512_loadu_ps
 #define _mm512_storeu_ps emu_mm512_storeu_ps
 #define _mm512_store_ps emu_mm512_store_ps
+#define _mm512_load_ps emu_mm512_load_ps
+#define _mm512_movepi32_mask emu_mm512_movepi32_mask
 #define _mm512_maskz_loadu_ps emu_mm512_maskz_loadu_ps
 #define _mm512_mask_storeu_ps emu_mm512_mask_storeu_ps
 #define _mm256_maskz_loadu_epi16 emu_mm256_maskz_loadu_epi16

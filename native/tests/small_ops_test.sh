@@ -38,8 +38,8 @@ build() {  # isa flags
 build scalar
 build avx2 $AVX2
 build avx512 $F512
-$CXX $COMMON -c native/cpu/ref/small_ops_ref.cpp -o "$OUT/small_ops_ref.o" &
-$CXX $COMMON $DRIVER_DEF -c native/tests/small_ops_test.cpp -o "$OUT/small_ops_test.o" &
+$CXX ${COMMON/-O3/-O2} -c native/cpu/ref/small_ops_ref.cpp -o "$OUT/small_ops_ref.o" &
+$CXX ${COMMON/-O3/-O1} $DRIVER_DEF -c native/tests/small_ops_test.cpp -o "$OUT/small_ops_test.o" &
 wait
 $CXX -o "$OUT/small_ops_test" "$OUT/small_ops_test.o" "$OUT/small_ops_ref.o" "${objs[@]}" -pthread
 "$OUT/small_ops_test" "$@"

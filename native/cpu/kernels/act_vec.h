@@ -109,6 +109,8 @@ inline float hmin(vf v) { return _mm512_reduce_min_ps(v); }
 inline __mmask16 tmask(int n) { return (__mmask16)((1u << n) - 1u); }
 // Lanes >= n take `fill`.
 inline vf vkeep(vf v, vf fill, int n) { return _mm512_mask_mov_ps(fill, tmask(n), v); }
+// Per lane: sign bit of s set ? a : b
+inline vf vsel_neg(vf s, vf a, vf b) { return _mm512_mask_mov_ps(b, _mm512_movepi32_mask(_mm512_castps_si512(s)), a); }
 // (x0,x1,x2,x3,...) -> (x1,x0,x3,x2,...)
 inline vf vswap_pairs(vf v) { return _mm512_permute_ps(v, 0xB1); }
 // Double accumulators: acc += v*v per lane, exactly squared in double.
@@ -126,7 +128,18 @@ inline void vsum_acc(vd& lo, vd& hi, vf v) {
 inline double hsum_d(vd lo, vd hi) { return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi)); }
 
 using vh = __m256i;  // VL 16-bit values
-inline vf f16v_to_f32(vh h) { return _mm512_cvtph_ps(h); }
+inline vf f16v_to_f32(vh h) {
+  vf x = _mm512_cvtph_ps(h);
+  if (__builtin_expect(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) != 0, 0)) {
+    // NaN: the instruction quiets signalling NaNs, dtype.h keeps the bits. Rare: scalar.
+    alignas(32) uint16_t s[16];
+    alignas(64) float f[16];
+    _mm256_store_si256((__m256i*)s, h);
+    for (int i = 0; i < 16; ++i) f[i] = f16_to_f32(s[i]);
+    x = _mm512_load_ps(f);
+  }
+  return x;
+}
 inline vf bf16v_to_f32(vh h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
 inline vh f32_to_f16v(vf x) {
   vh h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -233,6 +246,7 @@ inline vf vkeep(vf v, vf fill, int n) {
   const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m));
 }
+inline vf vsel_neg(vf s, vf a, vf b) { return _mm256_blendv_ps(b, a, s); }
 inline vf vswap_pairs(vf v) { return _mm256_permute_ps(v, 0xB1); }
 inline vd vdzero() { return _mm256_setzero_pd(); }
 inline void vsq_acc(vd& lo, vd& hi, vf v) {
@@ -251,7 +265,17 @@ inline double hsum_d(vd lo, vd hi) {
 }
 
 using vh = __m128i;
-inline vf f16v_to_f32(vh h) { return _mm256_cvtph_ps(h); }
+inline vf f16v_to_f32(vh h) {
+  vf x = _mm256_cvtph_ps(h);
+  if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0, 0)) {
+    alignas(16) uint16_t s[8];
+    alignas(32) float f[8];
+    _mm_store_si128((__m128i*)s, h);
+    for (int i = 0; i < 8; ++i) f[i] = f16_to_f32(s[i]);
+    x = _mm256_load_ps(f);
+  }
+  return x;
+}
 inline vf bf16v_to_f32(vh h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
 inline vh f32_to_f16v(vf x) {
   vh h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -343,6 +367,7 @@ inline float hsum(vf v) { return v; }
 inline float hmax(vf v) { return v; }
 inline float hmin(vf v) { return v; }
 inline vf vkeep(vf v, vf fill, int n) { return n > 0 ? v : fill; }
+inline vf vsel_neg(vf s, vf a, vf b) { return std::signbit(s) ? a : b; }
 inline vd vdzero() { return 0.0; }
 inline void vsq_acc(vd& lo, vd&, vf v) { lo += (double)v * (double)v; }
 inline void vsum_acc(vd& lo, vd&, vf v) { lo += (double)v; }

@@ -1,6 +1,6 @@
 // Tachyon CPU kernels (ISA variant): elementwise binary ops and the SwiGLU gate.
 //   binary:   out = a (+|*) b, b same shape or one row broadcast over every row
-//   silu_mul: out = silu(gate) * up = gate / (1 + e^-gate) * up   (llama.cpp's order)
+//   silu_mul: out = silu(gate) * up, silu(g) = g / (1 + e^-g)
 // Both are streaming kernels: the flat element range is cut into chunks of av::kGrain
 // elements (one task for small inputs). f16/bf16 are converted to f32, computed, and
 // rounded once on store. out may alias an input (each element is read before written).
@@ -45,8 +45,12 @@ void binary_t(const BinaryArgs& args, Parallel& par) {
   });
 }
 
+// silu(g) = g * sigmoid(g) with e = exp(-|g|), which never overflows:
+//   g >= 0: g / (1 + e)   (exactly llama.cpp's g / (1 + expf(-g)))
+//   g <  0: g * e / (1 + e)   (llama.cpp's form overflows to -0 below g = -88.7)
 inline vf silu_mul_v(vf g, vf u) {
-  return vmul(vdiv(g, vadd(vset(1.0f), vexp(vsub(vzero(), g)))), u);
+  const vf one = vset(1.0f), e = vexp(vmin(g, vsub(vzero(), g)));
+  return vmul(vdiv(vmul(g, vsel_neg(g, e, one)), vadd(one, e)), u);
 }
 
 template <DType T>

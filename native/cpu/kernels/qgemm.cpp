@@ -193,7 +193,7 @@ static inline __m512 load_scales16(const uint8_t* p, bool f16) {
 }
 
 template <int MR, int NV, bool I4>
-static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
+__attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
   constexpr int LD = NV * 16;
   for (int i = 0; i < MR * LD; ++i) out[i] = 0.0f;
   const int8_t* qa = x.qa + m0 * x.lqa;
@@ -207,7 +207,7 @@ static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
     const int8_t* a = qa + b * x.bl;
     const uint8_t* wb = w + b * x.wblock;
-    if (!I4) {
+    if constexpr (!I4) {
       const int64_t steps = x.bl / 4;
       for (int64_t s = 0; s < steps; ++s) {
         __m512i wv[NV];
@@ -280,7 +280,7 @@ static inline __m256 load_scales8(const uint8_t* p, bool f16) {
 // maddubs results (one 32-element run) can be summed in int16 (<= 30480) before one
 // vpmaddwd widens them to int32.
 template <int MR, int NV, bool I4>
-static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
+__attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
   constexpr int LD = NV * 16, NH = 2 * NV;  // NH: 8-channel halves
   for (int i = 0; i < MR * LD; ++i) out[i] = 0.0f;
   const int8_t* qa = x.qa + m0 * x.lqa;
@@ -296,7 +296,7 @@ static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
       for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_si256();
     const int8_t* a = qa + b * x.bl;
     const uint8_t* wb = w + b * x.wblock;
-    if (!I4) {
+    if constexpr (!I4) {
       const int64_t steps = x.bl / 4;
       for (int64_t s = 0; s < steps; ++s) {
         __m256i ws[NH], wa[NH];
@@ -326,21 +326,22 @@ static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
           const int64_t s = s4 * 4 + j;
-          __m256i lo[NH], hi[NH];
+          __m256i a0[MR], a1[MR];
+#pragma GCC unroll 16
+          for (int r = 0; r < MR; ++r) {
+            a0[r] = _mm256_set1_epi32(ld32(a + r * lqa + 8 * s));
+            a1[r] = _mm256_set1_epi32(ld32(a + r * lqa + 8 * s + 4));
+          }
 #pragma GCC unroll 4
           for (int h = 0; h < NH; ++h) {
             const __m256i t = _mm256_loadu_si256((const __m256i*)(wb + (h >> 1) * pb + s * 64 + (h & 1) * 32));
-            lo[h] = _mm256_and_si256(t, nib);
-            hi[h] = _mm256_and_si256(_mm256_srli_epi16(t, 4), nib);
-          }
+            const __m256i lo = _mm256_and_si256(t, nib), hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), nib);
 #pragma GCC unroll 16
-          for (int r = 0; r < MR; ++r) {
-            const __m256i a0 = _mm256_set1_epi32(ld32(a + r * lqa + 8 * s));
-            const __m256i a1 = _mm256_set1_epi32(ld32(a + r * lqa + 8 * s + 4));
-#pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h)
-              p16[r][h] = _mm256_add_epi16(p16[r][h], _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], a0),
-                                                                       _mm256_maddubs_epi16(hi[h], a1)));
+            for (int r = 0; r < MR; ++r)
+              // adds (saturating) never saturates here (|sum| <= 30480); unlike add it
+              // keeps GCC from re-associating the sums into a register-hungry tree.
+              p16[r][h] = _mm256_adds_epi16(_mm256_adds_epi16(p16[r][h], _mm256_maddubs_epi16(lo, a0[r])),
+                                            _mm256_maddubs_epi16(hi, a1[r]));
           }
         }
 #pragma GCC unroll 16
@@ -382,7 +383,7 @@ static void ukernel(const QCtx& x, const uint8_t* w, int64_t m0, float* out) {
       int32_t acc[MR][16] = {};
       const uint8_t* wb = P + b * x.wblock;
       const int8_t* a = qa + b * x.bl;
-      if (!I4) {
+      if constexpr (!I4) {
         for (int64_t s = 0; s < x.bl / 4; ++s)
           for (int c = 0; c < 16; ++c)
             for (int i = 0; i < 4; ++i) {
@@ -443,6 +444,16 @@ static UKernel pick(int mr) {
 #endif
   }
 }
+// Rows per micro-kernel call. AVX2 has 16 ymm registers: the int4 kernel keeps int16 and
+// int32 accumulators per row, so it takes 2 rows at a time.
+static inline int mr_max(bool i4) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  return i4 ? 2 : kMR;
+#else
+  (void)i4;
+  return kMR;
+#endif
+}
 static UKernel pick_kernel(bool i4, int nv, int mr) {
   if (i4) return nv == 2 ? pick<2, true>(mr) : pick<1, true>(mr);
   return nv == 2 ? pick<2, false>(mr) : pick<1, false>(mr);
@@ -487,6 +498,7 @@ void qgemm(const QGemmArgs& g, Parallel& par) {
 
   // 2-4. dot products, scaling, epilogue
   const int64_t P = L.panels;
+  const int mrx = mr_max(x.i4);
   if (M <= kSmallM) {
     const int64_t want = 8 * (int64_t)par.threads();
     const int64_t per = P <= want ? 1 : (P + want - 1) / want;
@@ -495,8 +507,8 @@ void qgemm(const QGemmArgs& g, Parallel& par) {
       alignas(64) float out[kMR * 16];
       const int64_t pe = (t + 1) * per < P ? (t + 1) * per : P;
       for (int64_t p = t * per; p < pe; ++p)
-        for (int64_t m0 = 0; m0 < M; m0 += kMR) {
-          const int mr = (int)(M - m0 < kMR ? M - m0 : kMR);
+        for (int64_t m0 = 0; m0 < M; m0 += mrx) {
+          const int mr = (int)(M - m0 < mrx ? M - m0 : mrx);
           pick_kernel(x.i4, 1, mr)(x, g.w.data + p * x.pb, m0, out);
           store_tile(g, out, mr, 16, m0, p * 16);
         }
@@ -509,8 +521,8 @@ void qgemm(const QGemmArgs& g, Parallel& par) {
     const int64_t p0 = (t / nmc) * kNV, mc = t % nmc;
     const int nv = (int)(P - p0 < kNV ? P - p0 : kNV);
     const int64_t me = (mc + 1) * kMC < M ? (mc + 1) * kMC : M;
-    for (int64_t m0 = mc * kMC; m0 < me; m0 += kMR) {
-      const int mr = (int)(me - m0 < kMR ? me - m0 : kMR);
+    for (int64_t m0 = mc * kMC; m0 < me; m0 += mrx) {
+      const int mr = (int)(me - m0 < mrx ? me - m0 : mrx);
       pick_kernel(x.i4, nv, mr)(x, g.w.data + p0 * x.pb, m0, out);
       store_tile(g, out, mr, nv * 16, m0, p0 * 16);
     }
