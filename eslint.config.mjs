@@ -54,8 +54,10 @@ export default defineConfig([
   },
   ...tseslint.configs.recommended,
   {
-    files: ['**/*.cjs'],
+    // Plain CommonJS scripts (bin/, scripts/, jest.config.js) use require() by design.
+    files: ['**/*.cjs', 'bin/**/*.js', 'scripts/**/*.js', '*.config.js'],
     languageOptions: { sourceType: 'commonjs' },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
   },
   {
     rules: {

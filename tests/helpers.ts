@@ -43,7 +43,9 @@ export function isasToTest(): Isa[] {
   const missing = ORDER.slice(ORDER.indexOf(best) + 1);
   if (missing.length && !(globalThis as { __tyWarned?: boolean }).__tyWarned) {
     (globalThis as { __tyWarned?: boolean }).__tyWarned = true;
-    process.stderr.write(`[tachyon tests] this CPU cannot execute ISA variant(s) ${missing.join(', ')}: NOT RUN here\n`);
+    process.stderr.write(
+      `[tachyon tests] this CPU cannot execute ISA variant(s) ${missing.join(', ')}: NOT RUN here\n`,
+    );
   }
   return list;
 }

@@ -12,7 +12,13 @@ import { expectClose, isasToTest, randn } from './helpers';
 const DTYPES: FloatDType[] = ['f32', 'f16', 'bf16'];
 
 /** Random values exactly representable in `dtype`, plus the tensor holding them. */
-function input(rt: Runtime, dtype: FloatDType, shape: number[], seed: number, scale = 1): { t: Tensor; v: Float64Array } {
+function input(
+  rt: Runtime,
+  dtype: FloatDType,
+  shape: number[],
+  seed: number,
+  scale = 1,
+): { t: Tensor; v: Float64Array } {
   const n = shape.reduce((a, b) => a * b, 1);
   const enc = encode(dtype, randn(n, seed, scale));
   return { t: rt.tensor(enc, shape, { dtype }), v: decode(dtype, enc) };
@@ -39,22 +45,25 @@ describe.each(isasToTest())('isa %s', (isa) => {
     [33, 70, 1000],
   ];
   describe.each(DTYPES)('matmul %s', (dtype) => {
-    test.each(gemmShapes)('M=%i N=%i K=%i, transB both ways, all output dtypes', async (m, n, k) => {
-      const seed = m * 1000 + n * 10 + k;
-      const a = input(rt, dtype, [m, k], seed);
-      for (const transB of [true, false]) {
-        const b = input(rt, dtype, transB ? [n, k] : [k, n], seed + 1);
-        const r = ref.matmul(a.v, b.v, m, n, k, { transB });
-        const abs = ref.matmulAbs(a.v, b.v, m, n, k, transB);
-        for (const outDtype of DTYPES) {
-          const c = ops.matmul(a.t, b.t, { transB, outDtype });
-          expectClose(await values(c), r, outDtype, { absRef: abs, k });
-          c.dispose();
+    test.each(gemmShapes)(
+      'M=%i N=%i K=%i, transB both ways, all output dtypes',
+      async (m, n, k) => {
+        const seed = m * 1000 + n * 10 + k;
+        const a = input(rt, dtype, [m, k], seed);
+        for (const transB of [true, false]) {
+          const b = input(rt, dtype, transB ? [n, k] : [k, n], seed + 1);
+          const r = ref.matmul(a.v, b.v, m, n, k, { transB });
+          const abs = ref.matmulAbs(a.v, b.v, m, n, k, transB);
+          for (const outDtype of DTYPES) {
+            const c = ops.matmul(a.t, b.t, { transB, outDtype });
+            expectClose(await values(c), r, outDtype, { absRef: abs, k });
+            c.dispose();
+          }
+          b.t.dispose();
         }
-        b.t.dispose();
-      }
-      a.t.dispose();
-    });
+        a.t.dispose();
+      },
+    );
 
     test('alpha, beta, bias and a batched A', async () => {
       const [m, n, k] = [2 * 9, 23, 130];
@@ -63,8 +72,18 @@ describe.each(isasToTest())('isa %s', (isa) => {
       const bias = randn(n, 13);
       const c0 = randn(m * n, 14);
       const c = rt.tensor(encode('f32', c0), [2, 9, n]);
-      ops.matmul(a.t, b.t, { alpha: 0.5, beta: -2, bias: rt.tensor(Float32Array.from(bias), [n]), out: c });
-      const r = ref.matmul(a.v, b.v, m, n, k, { alpha: 0.5, beta: -2, c: Float32Array.from(c0), bias: Float32Array.from(bias) });
+      ops.matmul(a.t, b.t, {
+        alpha: 0.5,
+        beta: -2,
+        bias: rt.tensor(Float32Array.from(bias), [n]),
+        out: c,
+      });
+      const r = ref.matmul(a.v, b.v, m, n, k, {
+        alpha: 0.5,
+        beta: -2,
+        c: Float32Array.from(c0),
+        bias: Float32Array.from(bias),
+      });
       const abs = ref.matmulAbs(a.v, b.v, m, n, k);
       expectClose(await values(c), r, 'f32', { absRef: abs, k, extraRtol: 1e-6 });
       expect(c.shape).toEqual([2, 9, n]);
@@ -72,7 +91,12 @@ describe.each(isasToTest())('isa %s', (isa) => {
   });
 
   describe.each(DTYPES)('elementwise %s', (dtype) => {
-    test.each([[1, 1], [3, 17], [5, 33], [2, 4097]])('add/mul rows=%i cols=%i, same shape and row broadcast', async (rows, cols) => {
+    test.each([
+      [1, 1],
+      [3, 17],
+      [5, 33],
+      [2, 4097],
+    ])('add/mul rows=%i cols=%i, same shape and row broadcast', async (rows, cols) => {
       const a = input(rt, dtype, [rows, cols], rows + cols);
       const b = input(rt, dtype, [rows, cols], rows + cols + 1);
       const row = input(rt, dtype, [cols], rows + cols + 2);
@@ -87,7 +111,9 @@ describe.each(isasToTest())('isa %s', (isa) => {
       const g = input(rt, dtype, [n], n, 8);
       const u = input(rt, dtype, [n], n + 1, 2);
       // silu uses exp: allow a few f32 ulps beyond one output rounding.
-      expectClose(await values(ops.siluMul(g.t, u.t)), ref.siluMul(g.v, u.v), dtype, { extraRtol: 2e-6 });
+      expectClose(await values(ops.siluMul(g.t, u.t)), ref.siluMul(g.v, u.v), dtype, {
+        extraRtol: 2e-6,
+      });
     });
 
     test('in place (out = a)', async () => {
@@ -101,20 +127,36 @@ describe.each(isasToTest())('isa %s', (isa) => {
   });
 
   describe.each(DTYPES)('rmsNorm / softmax / rope / embedding %s', (dtype) => {
-    test.each([[1, 1], [3, 17], [4, 127], [2, 4097]])('rmsNorm rows=%i cols=%i', async (rows, cols) => {
+    test.each([
+      [1, 1],
+      [3, 17],
+      [4, 127],
+      [2, 4097],
+    ])('rmsNorm rows=%i cols=%i', async (rows, cols) => {
       const x = input(rt, dtype, [rows, cols], rows * cols);
       const w = randn(cols, 3);
       const out = ops.rmsNorm(x.t, { weight: rt.tensor(Float32Array.from(w), [cols]), eps: 1e-5 });
-      expectClose(await values(out), ref.rmsNorm(x.v, cols, 1e-5, Float32Array.from(w)), dtype, { extraRtol: 1e-6 * Math.log2(cols + 1) });
+      expectClose(await values(out), ref.rmsNorm(x.v, cols, 1e-5, Float32Array.from(w)), dtype, {
+        extraRtol: 1e-6 * Math.log2(cols + 1),
+      });
       const zeros = rt.zeros([rows, cols], dtype);
       const z = await values(ops.rmsNorm(zeros, { eps: 1e-6 }));
       expect(Array.from(z).every((v) => v === 0)).toBe(true);
     });
 
-    test.each([[1, 1], [3, 17], [2, 33], [4, 1000], [1, 4097]])('softmax rows=%i cols=%i (scaled, large logits)', async (rows, cols) => {
+    test.each([
+      [1, 1],
+      [3, 17],
+      [2, 33],
+      [4, 1000],
+      [1, 4097],
+    ])('softmax rows=%i cols=%i (scaled, large logits)', async (rows, cols) => {
       const x = input(rt, dtype, [rows, cols], rows + 7 * cols, 30);
       const out = ops.softmax(x.t, { scale: 0.7 });
-      expectClose(await values(out), ref.softmax(x.v, cols, 0.7), dtype, { absRef: new Float64Array(rows * cols).fill(1), k: 8 });
+      expectClose(await values(out), ref.softmax(x.v, cols, 0.7), dtype, {
+        absRef: new Float64Array(rows * cols).fill(1),
+        k: 8,
+      });
     });
 
     test('softmax of an all -Infinity row is zeros', async () => {
@@ -164,6 +206,8 @@ describe.each(isasToTest())('isa %s', (isa) => {
     const want = encode('f16', Float32Array.from(v));
     expect(Array.from((await h.read()) as Uint16Array)).toEqual(Array.from(want));
     const b = ops.cast(t, 'bf16');
-    expect(Array.from((await b.read()) as Uint16Array)).toEqual(Array.from(encode('bf16', Float32Array.from(v))));
+    expect(Array.from((await b.read()) as Uint16Array)).toEqual(
+      Array.from(encode('bf16', Float32Array.from(v))),
+    );
   });
 });

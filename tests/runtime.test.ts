@@ -99,7 +99,9 @@ test('dispose: idempotent, E_DISPOSED afterwards, and queued work still complete
   const s = rt.createStream();
   s.dispose();
   s.dispose();
-  expect(() => ops.add(c, c, { stream: s })).toThrow(expect.objectContaining({ code: 'E_DISPOSED' }));
+  expect(() => ops.add(c, c, { stream: s })).toThrow(
+    expect.objectContaining({ code: 'E_DISPOSED' }),
+  );
 });
 
 test('Symbol.dispose works with `using`-style cleanup', async () => {
@@ -170,7 +172,10 @@ test('works inside worker_threads, concurrently with the main thread', async () 
         }),
     ),
   );
-  const local = ops.matmul(rt.tensor(Float32Array.from([1, 2, 3, 4]), [2, 2]), rt.tensor(Float32Array.from([1, 2, 3, 4]), [2, 2]));
+  const local = ops.matmul(
+    rt.tensor(Float32Array.from([1, 2, 3, 4]), [2, 2]),
+    rt.tensor(Float32Array.from([1, 2, 3, 4]), [2, 2]),
+  );
   expect(Array.from((await local.read()) as Float32Array)).toEqual([5, 11, 11, 25]);
   for (const r of results) expect(r).toEqual([5, 11, 11, 25]);
 });

@@ -14,7 +14,12 @@ export { binding };
 export function tensorArg(x: unknown, op: string, arg: string): Tensor {
   if (!isTensor(x)) throw invalidArg(op, arg, 'a Tensor', x);
   if (x.disposed)
-    throw new KernelError(`Tensor ${arg} has been disposed`, { code: 'E_DISPOSED', op, arg, backend: x.runtime.backend });
+    throw new KernelError(`Tensor ${arg} has been disposed`, {
+      code: 'E_DISPOSED',
+      op,
+      arg,
+      backend: x.runtime.backend,
+    });
   return x;
 }
 
@@ -27,7 +32,13 @@ export function streamOf(t: Tensor, opts: OpOptions | undefined): Stream {
 }
 
 /** Uses `out` if given, else allocates a tensor of `shape`/`dtype` on `like`'s runtime. */
-export function outArg(out: unknown, like: Tensor, shape: readonly number[], dtype: DType, op: string): Tensor {
+export function outArg(
+  out: unknown,
+  like: Tensor,
+  shape: readonly number[],
+  dtype: DType,
+  op: string,
+): Tensor {
   if (out === undefined || out === null) return like.runtime.empty(shape, dtype);
   return tensorArg(out, op, 'out');
 }

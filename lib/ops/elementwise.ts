@@ -6,7 +6,13 @@ export interface ElementwiseOptions extends OpOptions {
   out?: Tensor;
 }
 
-function binary(op: 0 | 1, name: string, a: Tensor, b: Tensor, options: ElementwiseOptions): Tensor {
+function binary(
+  op: 0 | 1,
+  name: string,
+  a: Tensor,
+  b: Tensor,
+  options: ElementwiseOptions,
+): Tensor {
   a = tensorArg(a, name, 'a');
   b = tensorArg(b, name, 'b');
   const out = outArg(options.out, a, a.shape, a.dtype, name);

@@ -13,7 +13,13 @@ export function embedding(table: Tensor, ids: Tensor, options: EmbeddingOptions 
   table = tensorArg(table, 'embedding', 'table');
   ids = tensorArg(ids, 'embedding', 'ids');
   const dim = table.shape.length === 2 ? table.shape[1] : 0;
-  const out = outArg(options.out, table, [...ids.shape, dim], options.outDtype ?? 'f32', 'embedding');
+  const out = outArg(
+    options.out,
+    table,
+    [...ids.shape, dim],
+    options.outDtype ?? 'f32',
+    'embedding',
+  );
   return enqueue(out, options.out === undefined, () =>
     binding().embedding(streamOf(table, options).native, table.native, ids.native, out.native),
   );

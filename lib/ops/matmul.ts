@@ -25,6 +25,15 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
   const shape = [...a.shape.slice(0, -1), n];
   const out = outArg(options.out, a, shape, options.outDtype ?? 'f32', 'matmul');
   return enqueue(out, options.out === undefined, () =>
-    binding().matmul(streamOf(a, options).native, a.native, b.native, bias?.native ?? null, out.native, transB, options.alpha ?? 1, options.beta ?? 0),
+    binding().matmul(
+      streamOf(a, options).native,
+      a.native,
+      b.native,
+      bias?.native ?? null,
+      out.native,
+      transB,
+      options.alpha ?? 1,
+      options.beta ?? 0,
+    ),
   );
 }

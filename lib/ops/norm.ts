@@ -15,6 +15,12 @@ export function rmsNorm(x: Tensor, options: RmsNormOptions = {}): Tensor {
   const w = optTensorArg(options.weight, 'rmsNorm', 'weight');
   const out = outArg(options.out, x, x.shape, x.dtype, 'rmsNorm');
   return enqueue(out, options.out === undefined, () =>
-    binding().rmsNorm(streamOf(x, options).native, x.native, w?.native ?? null, options.eps ?? 1e-5, out.native),
+    binding().rmsNorm(
+      streamOf(x, options).native,
+      x.native,
+      w?.native ?? null,
+      options.eps ?? 1e-5,
+      out.native,
+    ),
   );
 }

@@ -11,7 +11,13 @@ export function matmul(
   m: number,
   n: number,
   k: number,
-  o: { transB?: boolean; alpha?: number; beta?: number; c?: ArrayLike<number>; bias?: ArrayLike<number> } = {},
+  o: {
+    transB?: boolean;
+    alpha?: number;
+    beta?: number;
+    c?: ArrayLike<number>;
+    bias?: ArrayLike<number>;
+  } = {},
 ): Float64Array {
   const transB = o.transB ?? true;
   const alpha = o.alpha ?? 1;
@@ -30,18 +36,31 @@ export function matmul(
 }
 
 /** Σ|a||b| per output: the scale that bounds a dot product's rounding error. */
-export function matmulAbs(a: ArrayLike<number>, b: ArrayLike<number>, m: number, n: number, k: number, transB = true): Float64Array {
+export function matmulAbs(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  m: number,
+  n: number,
+  k: number,
+  transB = true,
+): Float64Array {
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
       let s = 0;
-      for (let p = 0; p < k; p++) s += Math.abs(a[i * k + p] * (transB ? b[j * k + p] : b[p * n + j]));
+      for (let p = 0; p < k; p++)
+        s += Math.abs(a[i * k + p] * (transB ? b[j * k + p] : b[p * n + j]));
       out[i * n + j] = s;
     }
   return out;
 }
 
-export function binary(op: 'add' | 'mul', a: ArrayLike<number>, b: ArrayLike<number>, cols: number): Float64Array {
+export function binary(
+  op: 'add' | 'mul',
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  cols: number,
+): Float64Array {
   const out = new Float64Array(a.length);
   const bcast = b.length !== a.length;
   for (let i = 0; i < a.length; i++) {
@@ -57,13 +76,19 @@ export function siluMul(gate: ArrayLike<number>, up: ArrayLike<number>): Float64
   return out;
 }
 
-export function rmsNorm(x: ArrayLike<number>, cols: number, eps: number, weight?: ArrayLike<number>): Float64Array {
+export function rmsNorm(
+  x: ArrayLike<number>,
+  cols: number,
+  eps: number,
+  weight?: ArrayLike<number>,
+): Float64Array {
   const out = new Float64Array(x.length);
   for (let r = 0; r < x.length / cols; r++) {
     let ss = 0;
     for (let c = 0; c < cols; c++) ss += x[r * cols + c] ** 2;
     const inv = 1 / Math.sqrt(ss / cols + eps);
-    for (let c = 0; c < cols; c++) out[r * cols + c] = x[r * cols + c] * inv * (weight ? weight[c] : 1);
+    for (let c = 0; c < cols; c++)
+      out[r * cols + c] = x[r * cols + c] * inv * (weight ? weight[c] : 1);
   }
   return out;
 }
@@ -112,8 +137,13 @@ export function softmax(x: ArrayLike<number>, cols: number, scale = 1): Float64A
   return out;
 }
 
-export function embedding(table: ArrayLike<number>, dim: number, ids: ArrayLike<number>): Float64Array {
+export function embedding(
+  table: ArrayLike<number>,
+  dim: number,
+  ids: ArrayLike<number>,
+): Float64Array {
   const out = new Float64Array(ids.length * dim);
-  for (let t = 0; t < ids.length; t++) for (let d = 0; d < dim; d++) out[t * dim + d] = table[ids[t] * dim + d];
+  for (let t = 0; t < ids.length; t++)
+    for (let d = 0; d < dim; d++) out[t * dim + d] = table[ids[t] * dim + d];
   return out;
 }

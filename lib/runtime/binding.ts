@@ -38,7 +38,10 @@ export function packageRoot(): string {
 export function bindingCandidates(): string[] {
   const root = packageRoot();
   const env = process.env.TACHYON_BINDING;
-  const list = [path.join(root, 'build', 'Release', 'tachyon.node'), path.join(root, 'build', 'Debug', 'tachyon.node')];
+  const list = [
+    path.join(root, 'build', 'Release', 'tachyon.node'),
+    path.join(root, 'build', 'Debug', 'tachyon.node'),
+  ];
   return env ? [path.resolve(env)] : list;
 }
 

@@ -1,5 +1,15 @@
 /** Element types. Names match native/include/tachyon/dtype.h. */
-export const DTYPES = ['f32', 'f16', 'bf16', 'fp8e4m3', 'fp8e5m2', 'int8', 'i32', 'int4', 'u8'] as const;
+export const DTYPES = [
+  'f32',
+  'f16',
+  'bf16',
+  'fp8e4m3',
+  'fp8e5m2',
+  'int8',
+  'i32',
+  'int4',
+  'u8',
+] as const;
 export type DType = (typeof DTYPES)[number];
 export type FloatDType = 'f32' | 'f16' | 'bf16';
 
@@ -65,7 +75,8 @@ export function f32ToF16(v: number): number {
     // subnormal: units of 2^-24, round half to even
     const q = a / 2 ** -24;
     let r = Math.round(q);
-    if (Math.abs(q - Math.trunc(q) - 0.5) === 0) r = Math.trunc(q) % 2 === 0 ? Math.trunc(q) : Math.trunc(q) + 1;
+    if (Math.abs(q - Math.trunc(q) - 0.5) === 0)
+      r = Math.trunc(q) % 2 === 0 ? Math.trunc(q) : Math.trunc(q) + 1;
     return sign | r;
   }
   let e = Math.floor(Math.log2(a));

@@ -47,12 +47,24 @@ export function describe(v: unknown): string {
   if (v === null) return 'null';
   if (v === undefined) return 'undefined';
   if (typeof v === 'string') return `'${v}' of type string`;
-  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return `${String(v)} of type ${typeof v}`;
+  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint')
+    return `${String(v)} of type ${typeof v}`;
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'function') return 'a function';
   return `an object (${(v as object).constructor?.name ?? 'Object'})`;
 }
 
-export function invalidArg(op: string, arg: string, expected: string, got: unknown, code: ErrorCode = 'E_INVALID_ARG'): KernelError {
-  return new KernelError(`Expected ${expected} for ${arg} but received ${describe(got)}`, { code, op, arg, backend: 'js' });
+export function invalidArg(
+  op: string,
+  arg: string,
+  expected: string,
+  got: unknown,
+  code: ErrorCode = 'E_INVALID_ARG',
+): KernelError {
+  return new KernelError(`Expected ${expected} for ${arg} but received ${describe(got)}`, {
+    code,
+    op,
+    arg,
+    backend: 'js',
+  });
 }

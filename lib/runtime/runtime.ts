@@ -100,7 +100,11 @@ export class Runtime {
    * A tensor holding `data`. With `zeroCopy: true` the tensor aliases the TypedArray's
    * memory (no copy): the caller must not modify or transfer it while ops use the tensor.
    */
-  tensor(data: ArrayBufferView, shape: readonly number[], options: { dtype?: DType; zeroCopy?: boolean } = {}): Tensor {
+  tensor(
+    data: ArrayBufferView,
+    shape: readonly number[],
+    options: { dtype?: DType; zeroCopy?: boolean } = {},
+  ): Tensor {
     const dtype = options.dtype ?? inferDType(data);
     if (!isDType(dtype)) throw invalidArg('tensor', 'dtype', 'a dtype name', dtype, 'E_DTYPE');
     if (!ArrayBuffer.isView(data)) throw invalidArg('tensor', 'data', 'a TypedArray', data);
@@ -144,19 +148,29 @@ function inferDType(data: unknown): DType {
   if (data instanceof Int32Array) return 'i32';
   if (data instanceof Int8Array) return 'int8';
   if (data instanceof Uint8Array) return 'u8';
-  throw invalidArg('tensor', 'options.dtype', 'a dtype (it cannot be inferred from this array type)', data, 'E_DTYPE');
+  throw invalidArg(
+    'tensor',
+    'options.dtype',
+    'a dtype (it cannot be inferred from this array type)',
+    data,
+    'E_DTYPE',
+  );
 }
 
 function checkShape(shape: unknown, op: string): number[] {
-  if (!Array.isArray(shape)) throw invalidArg(op, 'shape', 'an array of non-negative integers', shape, 'E_SHAPE');
+  if (!Array.isArray(shape))
+    throw invalidArg(op, 'shape', 'an array of non-negative integers', shape, 'E_SHAPE');
   for (let i = 0; i < shape.length; i++) {
     const d = shape[i];
     if (typeof d !== 'number' || !Number.isInteger(d) || d < 0)
-      throw new KernelError(`Expected a non-negative integer for shape[${i}] but received ${describe(d)}`, {
-        code: 'E_SHAPE',
-        op,
-        arg: 'shape',
-      });
+      throw new KernelError(
+        `Expected a non-negative integer for shape[${i}] but received ${describe(d)}`,
+        {
+          code: 'E_SHAPE',
+          op,
+          arg: 'shape',
+        },
+      );
   }
   return shape as number[];
 }
@@ -176,9 +190,11 @@ export function detectedIsa(): Isa {
 
 /** Creates a runtime. Async so that future backends (CUDA context creation) need no API change. */
 export async function loadRuntime(options: RuntimeOptions = {}): Promise<Runtime> {
-  if (options === null || typeof options !== 'object') throw invalidArg('loadRuntime', 'options', 'an object', options);
+  if (options === null || typeof options !== 'object')
+    throw invalidArg('loadRuntime', 'options', 'an object', options);
   const backend = options.backend ?? 'cpu';
-  if (!BACKENDS.includes(backend)) throw invalidArg('loadRuntime', 'backend', `one of ${BACKENDS.join(', ')}`, backend);
+  if (!BACKENDS.includes(backend))
+    throw invalidArg('loadRuntime', 'backend', `one of ${BACKENDS.join(', ')}`, backend);
   if (backend !== 'cpu') {
     const d = binding().doctor();
     const why = !d.cudaCompiled

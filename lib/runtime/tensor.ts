@@ -51,11 +51,14 @@ export class Tensor {
     const raw = await this.read(stream);
     if (this.dtype === 'f32') return raw as Float32Array;
     if (this.dtype !== 'f16' && this.dtype !== 'bf16')
-      throw new KernelError(`Expected a float tensor (f32, f16 or bf16) for toFloat32 but received ${this.dtype}`, {
-        code: 'E_DTYPE',
-        op: 'toFloat32',
-        arg: 'tensor',
-      });
+      throw new KernelError(
+        `Expected a float tensor (f32, f16 or bf16) for toFloat32 but received ${this.dtype}`,
+        {
+          code: 'E_DTYPE',
+          op: 'toFloat32',
+          arg: 'tensor',
+        },
+      );
     return Float32Array.from(decode(this.dtype as FloatDType, raw));
   }
 

@@ -554,6 +554,9 @@ void gemm(const GemmArgs& g, Parallel& par) {
   x.par = &par;
   x.pair = kPairBf16 && g.dtype == DType::bf16;
   x.KC = x.pair ? KC_PAIR : KC_F32;
+  // One row panel (decode-like M): each B micro-panel is used once, so L1 blocking buys
+  // nothing, while longer K chunks turn B reads into long sequential streams.
+  if (g.M <= MR) x.KC *= 8;
   x.tile = g.c_dtype != DType::f32 && g.K > x.KC;
 
   // Task grid: blocks of at most MC_MAX x NC_MAX; with several threads and enough work,
