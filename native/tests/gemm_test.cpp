@@ -122,7 +122,8 @@ static bool run_case(const Variant& v, ty::Parallel& par, const Shape& s, DType 
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   const int64_t M = s.M, N = s.N, K = s.K;
   const int64_t lda = K + pad, ldb = (bt ? K : N) + (pad ? pad + 3 : 0), ldc = N + (pad ? 2 * pad + 1 : 0);
-  const int64_t a_n = (M - 1) * lda + K, b_n = bt ? (N - 1) * ldb + K : (K - 1) * ldb + N, c_n = (M - 1) * ldc + N;
+  const int64_t a_n = (M - 1) * lda + K, c_n = (M - 1) * ldc + N;
+  const int64_t b_n = K == 0 ? 0 : bt ? (N - 1) * ldb + K : (K - 1) * ldb + N;
   Guarded A(a_n * esz(dt)), B(b_n * esz(dt)), C(c_n * esz(cdt)), Cref(c_n * esz(cdt));
   for (int64_t i = 0; i < a_n; ++i) put(A.p, dt, i, U(rng));
   for (int64_t i = 0; i < b_n; ++i) put(B.p, dt, i, U(rng));
@@ -186,7 +187,8 @@ int main(int argc, char** argv) {
   (void)argc; (void)argv;
 
   const Shape shapes[] = {{1, 1, 1},     {1, 17, 33},   {7, 5, 3},      {13, 31, 257}, {64, 64, 64},
-                          {1, 300, 70},  {200, 3, 50},  {127, 129, 300}, {5, 40, 1030}, {600, 70, 1000}};
+                          {1, 300, 70},  {200, 3, 50},  {127, 129, 300}, {5, 40, 1030}, {600, 70, 1000},
+                          {2, 37, 4500} /* small M: long K chunks, several */, {3, 5, 0} /* K = 0: C = beta*C + bias */};
   const DType dts[] = {DType::f32, DType::f16, DType::bf16};
   const Epi epis[] = {{1.f, 0.f, false}, {0.5f, 0.f, true}, {-1.25f, 0.75f, true}, {2.f, -1.f, false}};
   ThreadParallel par2(2);

@@ -1,7 +1,8 @@
 // Tachyon: standalone benchmark of the quantized GEMM (all ISA variants this CPU runs).
 // Build + run: native/tests/qgemm_bench.sh [options]. Prints medians and roofline ratios
 // against limits probed in the same run:
-//   DRAM read bandwidth: 2 threads (or --threads) summing a 1 GiB buffer;
+//   DRAM read bandwidth: 2 threads (or --threads) summing a 1 GiB buffer (with software
+//   prefetch, as the kernels use);
 //   int8 MAC peak: AVX-512 vpdpbusd chains (when the CPU has VNNI), and the AVX2
 //   vpmaddubsw+vpmaddwd+vpaddd sequence the AVX2 kernel uses per 32 MACs.
 // Small-M cases rotate through enough copies of the weights (> 512 MiB) that every call
@@ -31,6 +32,8 @@ static double median(std::vector<double> v) { std::sort(v.begin(), v.end()); ret
 __attribute__((target("avx2"))) static double read_sum(const uint8_t* p, size_t n) {
   __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
   for (size_t i = 0; i + 128 <= n; i += 128) {
+    _mm_prefetch((const char*)(p + i + 1024), _MM_HINT_T0);
+    _mm_prefetch((const char*)(p + i + 1024 + 64), _MM_HINT_T0);
     a = _mm256_add_epi64(a, _mm256_load_si256((const __m256i*)(p + i)));
     b = _mm256_add_epi64(b, _mm256_load_si256((const __m256i*)(p + i + 32)));
     c = _mm256_add_epi64(c, _mm256_load_si256((const __m256i*)(p + i + 64)));
@@ -106,6 +109,7 @@ int main(int argc, char** argv) {
   int threads = 2;
   std::string isa_sel = "best", fmt_sel = "all", m_sel = "1,4,16,64,512", shape_sel = "4096x4096,11008x4096,4096x11008";
   double min_time = 1.0;
+  bool hot = false;  // --hot: no rotation (weights may come from cache): compute-bound view
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : std::string(); };
@@ -115,7 +119,8 @@ int main(int argc, char** argv) {
     else if (a == "--m") m_sel = next();
     else if (a == "--shapes") shape_sel = next();
     else if (a == "--time") min_time = std::atof(next().c_str());
-    else { std::fprintf(stderr, "usage: qgemm_bench [--threads N] [--isa scalar|avx2|avx512|best] [--fmt name,..] [--m 1,4,..] [--shapes NxK,..] [--time s]\n"); return 2; }
+    else if (a == "--hot") hot = true;
+    else { std::fprintf(stderr, "usage: qgemm_bench [--threads N] [--isa scalar|avx2|avx512|best] [--fmt name,..] [--m 1,4,..] [--shapes NxK,..] [--time s] [--hot]\n"); return 2; }
   }
   const bool has_vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -182,7 +187,7 @@ int main(int argc, char** argv) {
         g.w.fmt = f; g.w.N = N; g.w.K = K;
         g.a_dtype = DType::f32; g.M = M; g.A = A.data(); g.lda = K;
         g.c_dtype = DType::f32; g.C = C.data(); g.ldc = N;
-        const int rot = M <= 16 ? copies : 1;  // large M is compute bound: reuse one copy
+        const int rot = (M <= 16 && !hot) ? copies : 1;  // large M is compute bound: reuse one copy
         std::vector<double> ts;
         double t_start = now();
         int it = 0;

@@ -103,22 +103,31 @@ struct Worst { double ratio = 0; std::string where; };
 
 static void gemm_case(std::vector<IsaImpl>& isas, const QuantFormat& f, int64_t M, int64_t N, int64_t K,
                       DType adt, DType cdt, bool bias, int resid /*0 none, 1 separate, 2 alias C*/,
-                      uint32_t seed, std::vector<Worst>& worst, Parallel& pool, bool serial_too) {
+                      uint32_t seed, std::vector<Worst>& worst, Parallel& pool, bool serial_too,
+                      const QPlain* given = nullptr /*weights to use instead of random ones*/,
+                      const std::vector<float>* given_a = nullptr /*f32 activations, lda = K*/) {
   std::mt19937 rng(seed);
   PlainBuf pb(f, N, K);
-  std::vector<float> w = rand_weights(rng, N, K);
-  quantize(w.data(), K, pb.p);
+  if (given) {
+    std::memcpy(pb.p.q, given->q, pb.q.size());
+    std::memcpy(pb.p.scales, given->scales, pb.s.size());
+    if (f.asym) std::memcpy(pb.p.mins, given->mins, pb.m.size());
+  } else {
+    std::vector<float> w = rand_weights(rng, N, K);
+    quantize(w.data(), K, pb.p);
+  }
   const QPackedLayout L = q_packed_layout(f, N, K);
   Aligned packed(L.total);
   q_repack(pb.p, packed.p);
 
-  const int64_t lda = K + (seed % 3 == 0 ? 5 : 0), ldc = N + (seed % 2 ? 3 : 0);
+  const int64_t lda = given_a ? K : K + (seed % 3 == 0 ? 5 : 0), ldc = N + (seed % 2 ? 3 : 0);
   const size_t aes = dtype_bytes(adt, 1), ces = dtype_bytes(cdt, 1);
   std::vector<uint8_t> A(M * lda * aes), R(M * ldc * ces), C(M * ldc * ces);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (int64_t m = 0; m < M; ++m) {
     const float rs = (m % 5 == 4) ? 1e-3f : (m % 5 == 1 ? 30.0f : 1.0f);
-    for (int64_t k = 0; k < lda; ++k) store_act(A.data(), adt, m * lda + k, (m % 11 == 7) ? 0.0f : nd(rng) * rs);
+    for (int64_t k = 0; k < lda; ++k)
+      store_act(A.data(), adt, m * lda + k, given_a ? (*given_a)[m * K + k] : (m % 11 == 7) ? 0.0f : nd(rng) * rs);
     for (int64_t n = 0; n < ldc; ++n) store_act(R.data(), cdt, m * ldc + n, nd(rng));
   }
   std::vector<float> bv(N);
@@ -409,6 +418,39 @@ int main(int argc, char** argv) {
           ++seed; ++cases;
         }
       }
+  }
+  // GEMM over GGUF-imported tensors (Q8_0 codes include -128) on every ISA.
+  for (int t : {kGgmlQ4_0, kGgmlQ4_1, kGgmlQ8_0}) {
+    const QuantFormat f = gguf_native_format(t);
+    const int64_t N = 37, K = 32 * 7;
+    const int64_t bb = (int64_t)gguf_row_bytes(t, 32);
+    std::vector<uint8_t> src(gguf_row_bytes(t, K) * N);
+    for (auto& b : src) b = (uint8_t)rng();
+    for (int64_t i = 0; i < N * K / 32; ++i) {  // sane f16 scales / mins
+      const uint16_t d = f32_to_f16(std::ldexp(1.0f + (float)(i % 5), -6 - (int)(i % 3))), m = f32_to_f16(-0.01f * (float)(i % 7));
+      std::memcpy(&src[i * bb], &d, 2);
+      if (t == kGgmlQ4_1) std::memcpy(&src[i * bb + 2], &m, 2);
+      if (t == kGgmlQ8_0 && i % 3 == 0) src[i * bb + 2 + i % 32] = 0x80;  // a -128 code
+    }
+    PlainBuf pb(f, N, K);
+    gguf_import(t, src.data(), src.size(), N, K, pb.p);
+    for (int64_t M : {1, 5, 19})
+      gemm_case(isas, f, M, N, K, acts[seed % 3], DType::f32, true, 0, seed, worst, pool, false, &pb.p), ++seed, ++cases;
+  }
+  // Extremes of the int32 range: K = 65536 per channel, codes +127 / -128, |a| constant
+  // (every activation code is +-127), so each dot product is +-127*128*65536 or so.
+  {
+    QuantFormat f; f.kind = QKind::int8; f.group = 0; f.scale_dtype = DType::f32;
+    const int64_t N = 19, K = 65536, M = 3;
+    PlainBuf pb(f, N, K);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) ((int8_t*)pb.p.q)[n * K + k] = (int8_t)(n % 3 == 0 ? 127 : n % 3 == 1 ? -128 : (k % 2 ? 127 : -128));
+      ((float*)pb.p.scales)[n] = 1.0f / 128;
+    }
+    std::vector<float> a(M * K);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) a[m * K + k] = m == 0 ? 1.0f : m == 1 ? -2.0f : (k % 2 ? 0.5f : -0.5f);
+    gemm_case(isas, f, M, N, K, DType::f32, DType::f32, false, 0, seed++, worst, pool, false, &pb.p, &a), ++cases;
   }
   std::printf("  %d shape/format cases\n", cases);
   for (size_t i = 0; i < isas.size(); ++i)

@@ -599,8 +599,21 @@ static double median_ms(const std::function<void()>& f, int reps = 9) {
 
 static void bench(const Variant& v, Parallel& par) {
   const int64_t N = 16 << 20;  // 16 Mi elements: 64 MiB of f32
+  // Roofline measured in the same run: a parallel memcpy of 64 MiB (bytes read + written).
+  double roof;
+  {
+    std::vector<float> src(N, 1.0f), dst(N, 0.0f);
+    const int64_t chunk = 1 << 16;
+    const double ms = median_ms([&] {
+      par.for_each(N / chunk, [&](int64_t t, int) { std::memcpy(&dst[t * chunk], &src[t * chunk], chunk * 4); });
+    });
+    roof = 2.0 * N * 4 / ms / 1e6;
+    std::printf("bench %-12s %-22s %-5s %8.2f ms  %6.1f GB/s\n", v.name, "memcpy (roofline)", "", ms, roof);
+  }
   auto line = [&](const char* op, DType t, double bytes, double ms) {
-    std::printf("bench %-12s %-22s %-5s %8.2f ms  %6.1f GB/s\n", v.name, op, dtype_name(t), ms, bytes / ms / 1e6);
+    const double gbs = bytes / ms / 1e6;
+    std::printf("bench %-12s %-22s %-5s %8.2f ms  %6.1f GB/s  %4.0f%% of memcpy\n", v.name, op, dtype_name(t), ms, gbs,
+                100 * gbs / roof);
   };
   for (DType t : {DType::f32, DType::f16}) {
     const double es = t == DType::f32 ? 4 : 2;

@@ -189,8 +189,10 @@ inline void vst_n(void* p, int64_t i, vf v, int n) {
   else _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p) + i, tmask(n), vcvt_out<T>(v));
 }
 
-// e^x, |rel err| <~ 2 ulp over the normal range; x > 88.72 -> inf, x < ~-103.3 -> 0,
-// subnormal results rounded once (vscalefps), NaN -> NaN.
+// e^x. Cephes-style: n = round(x*log2(e)), r = x - n*ln2 (two-part ln2, FMA), degree-7
+// polynomial for e^r on [-ln2/2, ln2/2], then * 2^n. Max relative error measured over
+// every float in [-87.33, 88.72]: 8.5e-8 (1.01 ulp). x > 88.72 -> inf; subnormal results
+// are rounded once (vscalefps), so tiny results underflow gracefully to 0; NaN -> NaN.
 inline vf vexp(vf x) {
   x = _mm512_max_ps(_mm512_set1_ps(-105.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
   const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),

@@ -5,7 +5,9 @@
 // Structure (BLIS / GotoBLAS):
 //   task = one (MC x NC) block of C over the whole K     -- par.run over (M-block, N-block)
 //     for each K chunk (KC):   pack the A block [MC x KC] into MR-row panels   (L2)
-//       for each NR-column strip of the block: pack a B micro-panel [KC x NR] (L1)
+//       (B stored [K,N]: pack the whole B block [KC x NC] into micro-panels     (L2))
+//       for each NR-column strip of the block: (B stored [N,K]: pack its B micro-panel
+//         [KC x NR] just before use, so it is hot in L1)
 //         for each MR-row panel: microkernel, an MR x NR tile held in registers
 // Packing converts every input dtype to what the microkernel eats and zero-pads panels
 // to MR / NR, so the microkernel never sees a stride, a dtype or an edge. Edges (mr < MR,
@@ -400,18 +402,38 @@ struct Src {
   const char* at(i64 r, i64 k) const { return p + r * ld_bytes + k * esz; }
 };
 
-// Pack rows [0, rows) x k [0, kc) of s as R-wide transposed f32 panel (f32 path).
-inline void pack_rows_f32(float* dst, int R, int rows, i64 kc, const Src& s) {
-  pack_t(dst, R, rows, kc, [&](int r, i64 k, int n) { return load_any(s.at(r, k), s.dt, n); });
+// Calls f(load) with load(p, n) = load_any(p, dt, n) for a compile-time dt, so the dtype
+// switch is hoisted out of the packing loops.
+template <class F>
+inline void with_loader(DType dt, const F& f) {
+  switch (dt) {
+    case DType::f32: f([](const char* p, int n) { return load_any(p, DType::f32, n); }); break;
+    case DType::f16: f([](const char* p, int n) { return load_any(p, DType::f16, n); }); break;
+    default: f([](const char* p, int n) { return load_any(p, DType::bf16, n); }); break;
+  }
 }
 
-// B stored [K,N] (no transpose): packed row k = B[k][0..nr) zero-padded to NR.
-inline void pack_b_rows_f32(float* dst, int nr, i64 kc, const Src& s) {
-  for (i64 k = 0; k < kc; ++k)
-    for (int v = 0; v < NV; ++v) {
-      int n = nr - v * VL;
-      vstore(dst + k * NR + v * VL, n > 0 ? load_any(s.at(k, v * VL), s.dt, n > VL ? VL : n) : vzero());
-    }
+// Pack rows [0, rows) x k [0, kc) of s as R-wide transposed f32 panel (f32 path).
+inline void pack_rows_f32(float* dst, int R, int rows, i64 kc, const Src& s) {
+  with_loader(s.dt, [&](auto load) {
+    pack_t(dst, R, rows, kc, [&](int r, i64 k, int n) { return load(s.at(r, k), n); });
+  });
+}
+
+// B stored [K,N]: the whole kc x nc block at once, read row by row (long sequential runs;
+// packing one NR-wide strip at a time would read short pieces of kc rows, a TLB and
+// prefetcher disaster for large ldb), scattered into micro-panels p at dst + p*kc*NR,
+// each [kc][NR] zero-padded.
+inline void pack_b_block_f32(float* dst, i64 nc, i64 kc, const Src& s) {
+  const i64 np = cdiv(nc, NR);
+  with_loader(s.dt, [&](auto load) {
+    for (i64 k = 0; k < kc; ++k)
+      for (i64 p = 0; p < np; ++p)
+        for (int v = 0; v < NV; ++v) {
+          const i64 n = nc - p * NR - v * VL;
+          vstore(dst + (p * kc + k) * NR + v * VL, n > 0 ? load(s.at(k, p * NR + v * VL), n > VL ? VL : (int)n) : vzero());
+        }
+  });
 }
 
 #if defined(__AVX512F__)
@@ -430,20 +452,24 @@ inline void pack_rows_pairs(float* dst, int R, int rows, i64 kc, const Src& s) {
   });
 }
 
-inline void pack_b_pairs(float* dst, int nr, i64 kc, const Src& s) {
+// Pair version of pack_b_block_f32: micro-panel p at dst + p*kw*NR words, kw = ceil(kc/2).
+inline void pack_b_block_pairs(float* dst, i64 nc, i64 kc, const Src& s) {
   alignas(64) static const int16_t lo_idx[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
                                                  8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
   alignas(64) static const int16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
                                                  24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
   const __m512i ilo = _mm512_load_si512(lo_idx), ihi = _mm512_load_si512(hi_idx);
-  const __mmask32 m = lmask32(nr);
-  for (i64 kp = 0; kp < (kc + 1) / 2; ++kp) {
-    __m512i r0 = _mm512_maskz_loadu_epi16(m, s.at(2 * kp, 0));
-    __m512i r1 = 2 * kp + 1 < kc ? _mm512_maskz_loadu_epi16(m, s.at(2 * kp + 1, 0)) : _mm512_setzero_si512();
-    // vpermt2w interleaves the two k rows: lane 2j = row k col j, lane 2j+1 = row k+1 col j
-    _mm512_store_si512(dst + kp * NR, _mm512_permutex2var_epi16(r0, ilo, r1));
-    _mm512_store_si512(dst + kp * NR + 16, _mm512_permutex2var_epi16(r0, ihi, r1));
-  }
+  const i64 kw = (kc + 1) / 2, np = cdiv(nc, NR);
+  for (i64 kp = 0; kp < kw; ++kp)
+    for (i64 p = 0; p < np; ++p) {
+      const __mmask32 m = lmask32((int)min64(NR, nc - p * NR));
+      __m512i r0 = _mm512_maskz_loadu_epi16(m, s.at(2 * kp, p * NR));
+      __m512i r1 = 2 * kp + 1 < kc ? _mm512_maskz_loadu_epi16(m, s.at(2 * kp + 1, p * NR)) : _mm512_setzero_si512();
+      // vpermt2w interleaves the two k rows: lane 2j = row k col j, lane 2j+1 = row k+1 col j
+      float* d = dst + (p * kw + kp) * NR;
+      _mm512_store_si512(d, _mm512_permutex2var_epi16(r0, ilo, r1));
+      _mm512_store_si512(d + 16, _mm512_permutex2var_epi16(r0, ihi, r1));
+    }
 }
 #endif
 
@@ -495,21 +521,24 @@ void gemm_task(void* vctx, i64 t, int thread) {
       pack_rows_f32(d, MR, rows, kc, sa);
     }
 
+    if (!g.b_trans) {  // B[K,N]: the whole block now (see pack_b_block_f32)
+      Src sb{(const char*)g.B + (k0 * g.ldb + j0) * esz, g.ldb * esz, g.dtype, esz};
+#if defined(__AVX512F__)
+      if (x.pair) pack_b_block_pairs(bp, nc, kc, sb); else
+#endif
+      pack_b_block_f32(bp, nc, kc, sb);
+    }
     for (i64 jr = 0; jr < nc; jr += NR) {
       const int nr = (int)min64(NR, nc - jr);
       const i64 j = j0 + jr;
-      if (g.b_trans) {  // B[N,K]: rows j.., transposed into the panel
+      const float* bpanel = bp + (jr / NR) * NR * kw;
+      if (g.b_trans) {  // B[N,K]: rows j.., transposed into one micro-panel just before use (L1)
         Src sb{(const char*)g.B + (j * g.ldb + k0) * esz, g.ldb * esz, g.dtype, esz};
+        bpanel = bp;
 #if defined(__AVX512F__)
         if (x.pair) pack_rows_pairs(bp, NR, nr, kc, sb); else
 #endif
         pack_rows_f32(bp, NR, nr, kc, sb);
-      } else {  // B[K,N]: rows k..
-        Src sb{(const char*)g.B + (k0 * g.ldb + j) * esz, g.ldb * esz, g.dtype, esz};
-#if defined(__AVX512F__)
-        if (x.pair) pack_b_pairs(bp, nr, kc, sb); else
-#endif
-        pack_b_rows_f32(bp, nr, kc, sb);
       }
       for (i64 ir = 0; ir < mc; ir += MR) {
         const int mr = (int)min64(MR, mc - ir);
@@ -517,7 +546,7 @@ void gemm_task(void* vctx, i64 t, int thread) {
               (char*)g.C + ((i0 + ir) * g.ldc + j) * csz, g.ldc * csz, g.c_dtype, csz,
               tp + ir * x.NC + jr, x.NC,
               g.bias ? g.bias + j : nullptr, g.alpha, g.beta};
-        ukrs[mr - 1](kw, ap + (ir / MR) * MR * kw, bp, o, mr, nr);
+        ukrs[mr - 1](kw, ap + (ir / MR) * MR * kw, bpanel, o, mr, nr);
       }
     }
   }
@@ -556,7 +585,8 @@ void gemm(const GemmArgs& g, Parallel& par) {
   x.KC = x.pair ? KC_PAIR : KC_F32;
   // One row panel (decode-like M): each B micro-panel is used once, so L1 blocking buys
   // nothing, while longer K chunks turn B reads into long sequential streams.
-  if (g.M <= MR) x.KC *= 8;
+  // (B[K,N] is packed a whole block at a time instead, so it keeps the usual KC.)
+  if (g.M <= MR && g.b_trans) x.KC *= 8;
   x.tile = g.c_dtype != DType::f32 && g.K > x.KC;
 
   // Task grid: blocks of at most MC_MAX x NC_MAX; with several threads and enough work,
@@ -582,7 +612,7 @@ void gemm(const GemmArgs& g, Parallel& par) {
   const i64 kcmax = min64(x.KC, g.K);
   const i64 kw = x.pair ? (kcmax + 1) / 2 : kcmax;
   const size_t a_bytes = (size_t)round_up(x.MC * kw * 4 + 64, 64);
-  const size_t b_bytes = (size_t)round_up(NR * kw * 4 + 64, 64);
+  const size_t b_bytes = (size_t)round_up((g.b_trans ? NR : x.NC) * kw * 4 + 64, 64);
   const size_t t_bytes = x.tile ? (size_t)round_up(x.MC * x.NC * 4, 64) : 0;
   x.a_off = 0;
   x.b_off = a_bytes;

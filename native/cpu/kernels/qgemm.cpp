@@ -43,6 +43,10 @@ constexpr int kMR = 4, kNV = 1;
 #endif
 constexpr int kSmallM = 8;   // M <= kSmallM takes the streaming (GEMV) path
 constexpr int kMC = 64;      // rows per task on the large-M path
+#ifndef TY_QPF
+#define TY_QPF 1024
+#endif
+constexpr int kPF = TY_QPF;  // software prefetch distance in the weight stream (bytes)
 
 struct QCtx {
   int64_t nb, bl, wblock, scale_off, min_off, pb;
@@ -200,11 +204,12 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
   const int64_t lqa = x.lqa, pb = x.pb, se = x.sf16 ? 2 : 4;
   const __m512i nib = _mm512_set1_epi8(0x0f);
   for (int64_t b = 0; b < x.nb; ++b) {
+    // The accumulators start at -off*sum(qa), which removes the weight offset.
     __m512i acc[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_epi32(-x.off * x.ss[(m0 + r) * x.nb + b]);
     const int8_t* a = qa + b * x.bl;
     const uint8_t* wb = w + b * x.wblock;
     if constexpr (!I4) {
@@ -212,7 +217,10 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
       for (int64_t s = 0; s < steps; ++s) {
         __m512i wv[NV];
 #pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wb + v * pb + s * 64);
+        for (int v = 0; v < NV; ++v) {
+          if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
+          wv[v] = _mm512_loadu_si512(wb + v * pb + s * 64);
+        }
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) {
           const __m512i av = _mm512_set1_epi32(ld32(a + r * lqa + 4 * s));
@@ -226,6 +234,7 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
         __m512i lo[NV], hi[NV];
 #pragma GCC unroll 2
         for (int v = 0; v < NV; ++v) {
+          if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
           const __m512i t = _mm512_loadu_si512(wb + v * pb + s * 64);
           lo[v] = _mm512_and_si512(t, nib);
           hi[v] = _mm512_and_si512(_mm512_srli_epi16(t, 4), nib);
@@ -252,7 +261,7 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
       for (int r = 0; r < MR; ++r) {
         const int32_t sum = x.ss[(m0 + r) * x.nb + b];
         const float s_a = x.sa[(m0 + r) * x.nb + b];
-        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], _mm512_set1_epi32(x.off * sum)));
+        const __m512 f = _mm512_cvtepi32_ps(acc[r][v]);
         float* o = out + r * LD + v * 16;
         __m512 ov = _mm512_fmadd_ps(f, _mm512_mul_ps(sw, _mm512_set1_ps(s_a)), _mm512_loadu_ps(o));
         if (x.asym) ov = _mm512_fmadd_ps(mn, _mm512_set1_ps(s_a * (float)sum), ov);
@@ -289,17 +298,20 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
   const __m256i nib = _mm256_set1_epi8(0x0f);
   const __m256i flip = _mm256_set1_epi8((char)0x80);
   for (int64_t b = 0; b < x.nb; ++b) {
+    // The accumulators start at -off*sum(qa), which removes the weight offset.
     __m256i acc[MR][NH];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-      for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_si256();
+      for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_set1_epi32(-x.off * x.ss[(m0 + r) * x.nb + b]);
     const int8_t* a = qa + b * x.bl;
     const uint8_t* wb = w + b * x.wblock;
     if constexpr (!I4) {
       const int64_t steps = x.bl / 4;
       for (int64_t s = 0; s < steps; ++s) {
         __m256i ws[NH], wa[NH];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
 #pragma GCC unroll 4
         for (int h = 0; h < NH; ++h) {
           ws[h] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wb + (h >> 1) * pb + s * 64 + (h & 1) * 32)), flip);
@@ -327,6 +339,7 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
         for (int j = 0; j < 4; ++j) {
           const int64_t s = s4 * 4 + j;
           __m256i a0[MR], a1[MR];
+          for (int v = 0; v < NV; ++v) if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
 #pragma GCC unroll 16
           for (int r = 0; r < MR; ++r) {
             a0[r] = _mm256_set1_epi32(ld32(a + r * lqa + 8 * s));
@@ -360,7 +373,7 @@ __attribute__((optimize("no-tree-ch"))) static void ukernel(const QCtx& x, const
       for (int r = 0; r < MR; ++r) {
         const int32_t sum = x.ss[(m0 + r) * x.nb + b];
         const float s_a = x.sa[(m0 + r) * x.nb + b];
-        const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], _mm256_set1_epi32(x.off * sum)));
+        const __m256 f = _mm256_cvtepi32_ps(acc[r][h]);
         float* o = out + r * LD + (h >> 1) * 16 + c0;
         __m256 ov = _mm256_fmadd_ps(f, _mm256_mul_ps(sw, _mm256_set1_ps(s_a)), _mm256_loadu_ps(o));
         if (x.asym) ov = _mm256_fmadd_ps(mn, _mm256_set1_ps(s_a * (float)sum), ov);
@@ -455,8 +468,11 @@ static inline int mr_max(bool i4) {
 #endif
 }
 static UKernel pick_kernel(bool i4, int nv, int mr) {
-  if (i4) return nv == 2 ? pick<2, true>(mr) : pick<1, true>(mr);
-  return nv == 2 ? pick<2, false>(mr) : pick<1, false>(mr);
+  if constexpr (kNV == 2) {
+    if (nv == 2) return i4 ? pick<2, true>(mr) : pick<2, false>(mr);
+  }
+  (void)nv;
+  return i4 ? pick<1, true>(mr) : pick<1, false>(mr);
 }
 
 }  // namespace
