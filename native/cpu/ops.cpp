@@ -175,6 +175,8 @@ void op_binary(const Core& rt, Stream& s, BinaryOp op, const T& a, const T& b, c
       throw Error(Code::SHAPE, "Expected shape " + a->shape_str() + " (the shape of a) or [" + std::to_string(cols) +
                                    "] (one row, broadcast) for b but received " + b->shape_str(), "b");
   }
+  if (bcast && rows > 1 && out->buf == b->buf)
+    throw Error(Code::INVALID_ARG, "Expected out not to alias the broadcast row b (it would be overwritten by row 0's result)", "out");
   if (a->numel() == 0) return;
   BinaryArgs g{op, a->dtype, rows, cols, a->buf->data, b->buf->data, bcast, out->buf->data};
   auto fn = TY_DISPATCH(rt->isa, binary);

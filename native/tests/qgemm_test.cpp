@@ -182,6 +182,7 @@ static void gemm_case(std::vector<IsaImpl>& isas, const QuantFormat& f, int64_t 
       CHECK(wr <= 1.0, "[%s] %s err/tol = %.3g", isas[i].name, buf, wr);
       CHECK(guard_ok, "[%s] %s wrote outside N", isas[i].name, buf);
       if (wr > worst[i].ratio) { worst[i].ratio = wr; worst[i].where = buf; }
+      if (cdt == DType::f32 && wr > worst[isas.size() + i].ratio) { worst[isas.size() + i].ratio = wr; worst[isas.size() + i].where = buf; }
     }
   }
 }
@@ -397,7 +398,7 @@ int main(int argc, char** argv) {
       for (bool a : {false, true}) { QuantFormat f; f.kind = QKind::int4; f.group = gsz; f.asym = a; f.scale_dtype = sd; fmts.push_back(f); }
   }
   const DType acts[3] = {DType::f32, DType::f16, DType::bf16};
-  std::vector<Worst> worst(isas.size());
+  std::vector<Worst> worst(2 * isas.size());  // [0, n): any output dtype; [n, 2n): f32 output
   uint32_t seed = 1;
   int cases = 0;
   for (const QuantFormat& f : fmts) {
@@ -454,7 +455,11 @@ int main(int argc, char** argv) {
   }
   std::printf("  %d shape/format cases\n", cases);
   for (size_t i = 0; i < isas.size(); ++i)
-    if (isas[i].on) std::printf("  worst err/tol %-17s %.3f  at %s\n", isas[i].name, worst[i].ratio, worst[i].where.c_str());
+    if (isas[i].on) {
+      std::printf("  worst err/tol %-17s %.3f  at %s\n", isas[i].name, worst[i].ratio, worst[i].where.c_str());
+      const Worst& w32 = worst[isas.size() + i];
+      std::printf("    (f32 output: %.3f at %s)\n", w32.ratio, w32.where.c_str());
+    }
 
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;
