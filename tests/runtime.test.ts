@@ -7,13 +7,6 @@ import * as ops from '../lib/ops/index';
 
 let rt: Runtime;
 
-/** Queues ~100 ms of work on a stream. */
-function busy(s: ReturnType<Runtime['createStream']>): void {
-  const n = 400;
-  const a = rt.tensor(new Float32Array(n * n).fill(1e-3), [n, n]);
-  let c = a;
-  for (let i = 0; i < 10; i++) c = ops.matmul(c, a, { stream: s });
-}
 beforeAll(async () => {
   rt = await loadRuntime({ threads: 2 });
 });
@@ -52,16 +45,14 @@ test('a kernel failure poisons the stream with a KernelError; reset() recovers',
   const table = rt.tensor(new Float32Array(4 * 2), [4, 2]);
   const ids = rt.tensor(Int32Array.from([1, 2]), [2]);
   const out = ops.embedding(table, ids, { stream: s });
-  // Corrupt the ids in stream order, behind a slow matmul so that the second embedding is
-  // validated (on this thread, ids still valid) long before the write runs: the kernel
-  // itself must then catch the bad id.
-  busy(s);
+  // Corrupt the ids in stream order: only the kernel can see the bad id.
   ids.write(Int32Array.from([1, 99]), s);
   ops.embedding(table, ids, { stream: s, out });
   const err = await s.synchronize().catch((e) => e);
   expect(err).toBeInstanceOf(KernelError);
   expect(err.code).toBe('E_INVALID_ARG');
   expect(err.op).toBe('embedding');
+  expect(err.arg).toBe('ids');
   // Still poisoned: later completions report the same error.
   await expect(out.read(s)).rejects.toMatchObject({ code: 'E_INVALID_ARG' });
   s.reset();
@@ -76,7 +67,6 @@ test('streams are independent: a poisoned stream does not affect another', async
   const s2 = rt.createStream();
   const table = rt.tensor(new Float32Array(8), [4, 2]);
   const ids = rt.tensor(Int32Array.from([0]), [1]);
-  busy(s1);
   ids.write(Int32Array.from([9]), s1);
   ops.embedding(table, ids, { stream: s1 });
   const x = rt.tensor(Float32Array.from([1, 2, 3]), [3]);

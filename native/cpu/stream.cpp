@@ -119,7 +119,7 @@ void Stream::loop() {
       try {
         it.job();
       } catch (const Error& e) {
-        status_ = StreamStatus{false, e.code, e.what(), it.op};
+        status_ = StreamStatus{false, e.code, e.what(), it.op, e.arg};
       } catch (const std::bad_alloc&) {
         status_ = StreamStatus{false, Code::OOM, "Out of memory inside a kernel", it.op};
       } catch (const std::exception& e) {

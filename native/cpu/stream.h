@@ -37,7 +37,7 @@ struct Buffer {
 struct StreamStatus {
   bool ok = true;
   Code code = Code::INTERNAL;
-  std::string message, op;
+  std::string message, op, arg;
 };
 
 class Stream {

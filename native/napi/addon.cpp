@@ -264,7 +264,7 @@ class StreamW : public Napi::ObjectWrap<StreamW> {
         StreamCtx& ctx = *c->ctx;
         if (--ctx.pending == 0 && !ctx.released) ctx.tsfn.Unref(env);
         if (!c->status.ok) {
-          c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, "").Value());
+          c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, c->status.arg).Value());
         } else if (c->kind == Completion::kRead) {
           napi_value ab;
           napi_get_reference_value(env, c->dst, &ab);
