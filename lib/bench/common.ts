@@ -86,7 +86,9 @@ async function probe(
     rates.push(r[0] / r[1]);
   }
   result.dispose();
-  return median(rates);
+  // A ceiling is the best rate the machine showed, not a typical one: on a shared machine
+  // the median under-reads the roof and pushes ratios above 1.
+  return Math.max(...rates);
 }
 
 /** Measures this machine's DRAM read bandwidth and peak MAC rates, in this process, now. */
