@@ -20,6 +20,9 @@ float load_s(const void* p, size_t i, DType t) {
 float store_s(void* p, size_t i, DType t, float v) {
   if (t == DType::f16) {
     uint16_t h = f32_to_f16(v);
+    if ((h & 0x7c00) == 0x7c00)
+      throw Error(Code::INVALID_ARG, "quantize: a scale or min (" + std::to_string(v) +
+                                         ") overflows f16; use f32 scales", "weights");
     static_cast<uint16_t*>(p)[i] = h;
     return f16_to_f32(h);
   }
@@ -96,6 +99,10 @@ QuantStats quantize(const float* w, int64_t ldw, const QPlain& out) {
   double sum_sq = 0;
   for (int64_t n = 0; n < N; ++n) {
     const float* row = w + n * ldw;
+    for (int64_t k = 0; k < K; ++k)
+      if (!std::isfinite(row[k]))
+        throw Error(Code::INVALID_ARG, "quantize: weight (" + std::to_string(n) + ", " + std::to_string(k) +
+                                           ") is not finite", "weights");
     for (int64_t b = 0; b < nb; ++b) {
       const float* x = row + b * G;
       float d, m = 0;

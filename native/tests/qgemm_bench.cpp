@@ -165,6 +165,7 @@ int main(int argc, char** argv) {
     for (const Fmt& F : fmts) {
       if (fmt_sel != "all" && ("," + fmt_sel + ",").find("," + std::string(F.name) + ",") == std::string::npos) continue;
       const QuantFormat& f = F.f;
+      if (q_format_error(f, N, K)) { std::printf("%-16s %6lld %6lld  skipped: %s\n", F.name, (long long)N, (long long)K, q_format_error(f, N, K)); continue; }
       const QPackedLayout L = q_packed_layout(f, N, K);
       // One quantized copy, replicated so small-M calls stream from DRAM.
       std::vector<uint8_t> q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), mn(f.asym ? s.size() : 0);

@@ -215,11 +215,17 @@ TY_NO_LOOP_HEADER_COPY static void ukernel(const QCtx& x, const uint8_t* w, int6
   const __m512i nib = _mm512_set1_epi8(0x0f);
   for (int64_t b = 0; b < x.nb; ++b) {
     // The accumulators start at -off*sum(qa), which removes the weight offset.
-    __m512i acc[MR][NV];
+    // With few accumulators the int4 loop would be one long vpdpbusd dependency chain
+    // (two per 64 bytes); DUAL gives the high nibbles their own accumulators.
+    constexpr bool DUAL = I4 && MR * NV <= 4;
+    __m512i acc[MR][NV], acc2[MR][NV];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_epi32(-x.off * x.ss[(m0 + r) * x.nb + b]);
+      for (int v = 0; v < NV; ++v) {
+        acc[r][v] = _mm512_set1_epi32(-x.off * x.ss[(m0 + r) * x.nb + b]);
+        acc2[r][v] = _mm512_setzero_si512();
+      }
     const int8_t* a = qa + b * x.bl;
     const uint8_t* wb = w + b * x.wblock;
     if constexpr (!I4) {
@@ -256,7 +262,8 @@ TY_NO_LOOP_HEADER_COPY static void ukernel(const QCtx& x, const uint8_t* w, int6
 #pragma GCC unroll 2
           for (int v = 0; v < NV; ++v) {
             acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], lo[v], a0);
-            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], hi[v], a1);
+            if (DUAL) acc2[r][v] = _mm512_dpbusd_epi32(acc2[r][v], hi[v], a1);
+            else acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], hi[v], a1);
           }
         }
       }
@@ -271,7 +278,7 @@ TY_NO_LOOP_HEADER_COPY static void ukernel(const QCtx& x, const uint8_t* w, int6
       for (int r = 0; r < MR; ++r) {
         const int32_t sum = x.ss[(m0 + r) * x.nb + b];
         const float s_a = x.sa[(m0 + r) * x.nb + b];
-        const __m512 f = _mm512_cvtepi32_ps(acc[r][v]);
+        const __m512 f = _mm512_cvtepi32_ps(DUAL ? _mm512_add_epi32(acc[r][v], acc2[r][v]) : acc[r][v]);
         float* o = out + r * LD + v * 16;
         __m512 ov = _mm512_fmadd_ps(f, _mm512_mul_ps(sw, _mm512_set1_ps(s_a)), _mm512_loadu_ps(o));
         if (x.asym) ov = _mm512_fmadd_ps(mn, _mm512_set1_ps(s_a * (float)sum), ov);

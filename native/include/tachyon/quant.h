@@ -175,7 +175,8 @@ void q_format_check(const QuantFormat& f, int64_t N, int64_t K);
 //   int4 asym: m = min, d = (max - min)/15 (both stored in scale_dtype),
 //              q = clamp(rne((w - m)/d), 0, 15)
 // The codes are computed against the stored (rounded) d and m, so dequantize() is the
-// value the code actually represents.
+// value the code actually represents. Throws ty::Error(INVALID_ARG) for a non-finite
+// weight or an f16 scale/min that would overflow (|w| beyond about 8e6 for int8).
 QuantStats quantize(const float* w, int64_t ldw, const QPlain& out);
 // w[n][k] = dequantized value (row stride ldw). int8 / int4 sym: (float)q * d;
 // int4 asym: (float)q * d + m (two roundings, no fused multiply-add), as ggml.
