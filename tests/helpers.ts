@@ -15,14 +15,18 @@
 import { FloatDType } from '../lib/runtime/dtype';
 import { detectedIsa, Isa } from '../lib/runtime/runtime';
 
+// Module-level aliases: in jest's vm sandbox each `Math.x` lookup is slow.
+const M_imul = Math.imul;
+const M_abs = Math.abs;
+
 export function rng(seed: number): () => number {
   // mulberry32
   let s = seed >>> 0;
   return () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    t = M_imul(t ^ (t >>> 15), t | 1);
+    t ^= t + M_imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
@@ -75,8 +79,8 @@ export function firstMismatch(
     const r = ref[i];
     if (Number.isNaN(r) ? !Number.isNaN(g) : false) return { index: i, got: g, ref: r, bound: 0 };
     if (Number.isNaN(r)) continue;
-    const bound = ATOL[outDtype] + rtol * Math.abs(r) + acc * (opts.absRef ? opts.absRef[i] : 0);
-    if (!(Math.abs(g - r) <= bound)) return { index: i, got: g, ref: r, bound };
+    const bound = ATOL[outDtype] + rtol * M_abs(r) + acc * (opts.absRef ? opts.absRef[i] : 0);
+    if (!(M_abs(g - r) <= bound)) return { index: i, got: g, ref: r, bound };
   }
   return null;
 }

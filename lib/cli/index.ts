@@ -7,6 +7,7 @@ import { loadRuntime, Isa } from '../runtime/runtime';
 import { version } from '../version';
 import { makeReport, measureMachine, printReport, writeJson } from '../bench/common';
 import { runMain } from '../bench/main';
+import { runGemm } from '../bench/gemm';
 
 const SUITES = ['main', 'gemm', 'attention', 'e2e', 'serve'] as const;
 
@@ -51,19 +52,31 @@ export function main(argv: string[]): void {
     .option('--threads <n>', 'compute threads')
     .option('--isa <isa>', 'force an ISA variant (scalar, avx2, avx512)')
     .option('--quick', 'smaller shapes (smoke test)')
+    .option('--formats <list>', 'gemm: comma-separated formats (int4-g32,int4-g128,int8,bf16)')
+    .option('--batches <list>', 'gemm: comma-separated batch sizes M')
+    .option('--shapes <list>', 'gemm: comma-separated NxK shapes')
     .action(
       async (
         suite: string,
-        o: { json?: string; repeats: string; threads?: string; isa?: string; quick?: boolean },
+        o: {
+          json?: string;
+          repeats: string;
+          threads?: string;
+          isa?: string;
+          quick?: boolean;
+          formats?: string;
+          batches?: string;
+          shapes?: string;
+        },
       ) => {
         if (!(SUITES as readonly string[]).includes(suite)) {
           console.error(`Unknown suite '${suite}'. Expected one of: ${SUITES.join(', ')}`);
           process.exitCode = 2;
           return;
         }
-        if (suite !== 'main') {
+        if (suite !== 'main' && suite !== 'gemm') {
           console.error(
-            `Suite '${suite}' is not implemented yet in this version. Available now: main`,
+            `Suite '${suite}' is not implemented yet in this version. Available now: main, gemm`,
           );
           process.exitCode = 2;
           return;
@@ -74,7 +87,17 @@ export function main(argv: string[]): void {
         });
         const repeats = Math.max(1, Number(o.repeats) || 7);
         const machine = await measureMachine(rt, Math.min(repeats, 5));
-        const results = await runMain(rt, machine, { repeats, quick: o.quick });
+        const list = (x?: string): string[] | undefined => x?.split(',').map((s) => s.trim());
+        const results =
+          suite === 'gemm'
+            ? await runGemm(rt, machine, {
+                repeats,
+                quick: o.quick,
+                formats: list(o.formats),
+                batches: list(o.batches)?.map(Number),
+                shapes: list(o.shapes),
+              })
+            : await runMain(rt, machine, { repeats, quick: o.quick });
         const report = makeReport(machine, results);
         printReport(report);
         if (o.json) {

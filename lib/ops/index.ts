@@ -13,3 +13,21 @@ export type { EmbeddingOptions } from './embedding';
 export { cast } from './cast';
 export type { OpOptions } from './common';
 export * as reference from './reference';
+export {
+  quantize,
+  qmatmul,
+  packQuantized,
+  importGguf,
+  ggmlNativeFormat,
+  isQuantized,
+  QuantizedTensor,
+  GgmlType,
+} from './quant';
+export type {
+  QuantFormat,
+  QuantKind,
+  ResolvedQuantFormat,
+  QuantStats,
+  PlainQuantized,
+  QMatmulOptions,
+} from './quant';

@@ -1,6 +1,8 @@
 import { FloatDType } from '../runtime/dtype';
+import { invalidArg } from '../runtime/errors';
 import { Tensor } from '../runtime/tensor';
 import { binding, enqueue, OpOptions, optTensorArg, outArg, streamOf, tensorArg } from './common';
+import { isQuantized, qmatmul, QuantizedTensor } from './quant';
 
 export interface MatmulOptions extends OpOptions {
   /** B is stored [N, K] (weights, the default) or, when false, [K, N]. */
@@ -15,8 +17,26 @@ export interface MatmulOptions extends OpOptions {
   outDtype?: FloatDType;
 }
 
-/** C[..., N] = alpha · A[..., K] · op(B) + beta · C + bias. A and B share dtype (f32, f16 or bf16). */
-export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
+/**
+ * C[..., N] = alpha · A[..., K] · op(B) + beta · C + bias. A and B share dtype (f32, f16 or
+ * bf16). With quantized weights B (a QuantizedTensor, always [N, K]) this is qmatmul():
+ * alpha, beta and transB do not apply.
+ */
+export function matmul(
+  a: Tensor,
+  b: Tensor | QuantizedTensor,
+  options: MatmulOptions = {},
+): Tensor {
+  if (isQuantized(b)) {
+    if ((options.alpha ?? 1) !== 1 || (options.beta ?? 0) !== 0 || options.transB === false)
+      throw invalidArg(
+        'matmul',
+        'options',
+        'no alpha, beta or transB with quantized weights',
+        options,
+      );
+    return qmatmul(a, b, { ...options, outDtype: options.outDtype ?? 'f32' });
+  }
   a = tensorArg(a, 'matmul', 'a');
   b = tensorArg(b, 'matmul', 'b');
   const transB = options.transB ?? true;

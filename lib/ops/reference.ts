@@ -4,6 +4,15 @@
  * values (see runtime/dtype `decode`); outputs are float64 before output rounding.
  */
 
+// Module-level aliases: in jest's vm sandbox each `Math.x` lookup is slow.
+const M_abs = Math.abs;
+const M_exp = Math.exp;
+const M_sqrt = Math.sqrt;
+const M_max = Math.max;
+const M_pow = Math.pow;
+const M_cos = Math.cos;
+const M_sin = Math.sin;
+
 /** C[M,N] = alpha·A[M,K]·op(B) + beta·C + bias. B is [N,K] if transB else [K,N]. */
 export function matmul(
   a: ArrayLike<number>,
@@ -48,8 +57,7 @@ export function matmulAbs(
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
       let s = 0;
-      for (let p = 0; p < k; p++)
-        s += Math.abs(a[i * k + p] * (transB ? b[j * k + p] : b[p * n + j]));
+      for (let p = 0; p < k; p++) s += M_abs(a[i * k + p] * (transB ? b[j * k + p] : b[p * n + j]));
       out[i * n + j] = s;
     }
   return out;
@@ -72,7 +80,7 @@ export function binary(
 
 export function siluMul(gate: ArrayLike<number>, up: ArrayLike<number>): Float64Array {
   const out = new Float64Array(gate.length);
-  for (let i = 0; i < gate.length; i++) out[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i];
+  for (let i = 0; i < gate.length; i++) out[i] = (gate[i] / (1 + M_exp(-gate[i]))) * up[i];
   return out;
 }
 
@@ -86,7 +94,7 @@ export function rmsNorm(
   for (let r = 0; r < x.length / cols; r++) {
     let ss = 0;
     for (let c = 0; c < cols; c++) ss += x[r * cols + c] ** 2;
-    const inv = 1 / Math.sqrt(ss / cols + eps);
+    const inv = 1 / M_sqrt(ss / cols + eps);
     for (let c = 0; c < cols; c++)
       out[r * cols + c] = x[r * cols + c] * inv * (weight ? weight[c] : 1);
   }
@@ -110,9 +118,9 @@ export function rope(
     for (let h = 0; h < heads; h++) {
       const off = (t * heads + h) * headDim;
       for (let i = 0; i < rot / 2; i++) {
-        const theta = positions[t] * scale * Math.pow(base, (-2 * i) / rot);
-        const c = Math.cos(theta);
-        const s = Math.sin(theta);
+        const theta = positions[t] * scale * M_pow(base, (-2 * i) / rot);
+        const c = M_cos(theta);
+        const s = M_sin(theta);
         const i0 = o.neox ? off + i : off + 2 * i;
         const i1 = o.neox ? off + i + rot / 2 : off + 2 * i + 1;
         const x0 = x[i0];
@@ -128,11 +136,11 @@ export function softmax(x: ArrayLike<number>, cols: number, scale = 1): Float64A
   const out = new Float64Array(x.length);
   for (let r = 0; r < x.length / cols; r++) {
     let mx = -Infinity;
-    for (let c = 0; c < cols; c++) mx = Math.max(mx, scale * x[r * cols + c]);
+    for (let c = 0; c < cols; c++) mx = M_max(mx, scale * x[r * cols + c]);
     if (mx === -Infinity) continue;
     let sum = 0;
-    for (let c = 0; c < cols; c++) sum += Math.exp(scale * x[r * cols + c] - mx);
-    for (let c = 0; c < cols; c++) out[r * cols + c] = Math.exp(scale * x[r * cols + c] - mx) / sum;
+    for (let c = 0; c < cols; c++) sum += M_exp(scale * x[r * cols + c] - mx);
+    for (let c = 0; c < cols; c++) out[r * cols + c] = M_exp(scale * x[r * cols + c] - mx) / sum;
   }
   return out;
 }

@@ -1,4 +1,13 @@
 /** Element types. Names match native/include/tachyon/dtype.h. */
+
+// Module-level aliases: in jest's vm sandbox each `Math.x` lookup is slow.
+const M_fround = Math.fround;
+const M_abs = Math.abs;
+const M_round = Math.round;
+const M_trunc = Math.trunc;
+const M_floor = Math.floor;
+const M_log2 = Math.log2;
+const M_ceil = Math.ceil;
 export const DTYPES = [
   'f32',
   'f16',
@@ -29,7 +38,7 @@ export function storageBytes(dtype: DType, numel: number): number {
     case 'bf16':
       return numel * 2;
     case 'int4':
-      return Math.ceil(numel / 2);
+      return M_ceil(numel / 2);
     default:
       return numel;
   }
@@ -66,24 +75,23 @@ export function f16ToF32(h: number): number {
 
 /** Round-to-nearest-even f16 encoding of a number (computed in float64). */
 export function f32ToF16(v: number): number {
-  v = Math.fround(v);
+  v = M_fround(v);
   if (Number.isNaN(v)) return 0x7e00;
   const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
-  const a = Math.abs(v);
+  const a = M_abs(v);
   if (a >= 65520) return sign | 0x7c00;
   if (a < 2 ** -14) {
     // subnormal: units of 2^-24, round half to even
     const q = a / 2 ** -24;
-    let r = Math.round(q);
-    if (Math.abs(q - Math.trunc(q) - 0.5) === 0)
-      r = Math.trunc(q) % 2 === 0 ? Math.trunc(q) : Math.trunc(q) + 1;
+    let r = M_round(q);
+    if (M_abs(q - M_trunc(q) - 0.5) === 0) r = M_trunc(q) % 2 === 0 ? M_trunc(q) : M_trunc(q) + 1;
     return sign | r;
   }
-  let e = Math.floor(Math.log2(a));
+  let e = M_floor(M_log2(a));
   if (2 ** e > a) e -= 1;
   if (2 ** (e + 1) <= a) e += 1;
   const q = (a / 2 ** e - 1) * 1024;
-  let m = Math.floor(q);
+  let m = M_floor(q);
   const frac = q - m;
   if (frac > 0.5 || (frac === 0.5 && m % 2 === 1)) m += 1;
   if (m === 1024) {

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "../cpu/ops.h"
+#include "../cpu/qops.h"
 #include "tachyon/cuda_probe.h"
 
 #ifndef TY_HAVE_CUDA
@@ -512,6 +513,70 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   });
 }
 
+// Quantized weights. A format arrives as a plain object {kind, group, asym, scaleDtype};
+// every field is checked here, and the format as a whole by the op.
+cpu::WeightFormat format_arg(Napi::Value v, const char* arg) {
+  if (!v.IsObject()) bad(arg, "a format object", v);
+  Napi::Object o = v.As<Napi::Object>();
+  cpu::WeightFormat f;
+  Napi::Value kind = o.Get("kind");
+  std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : "";
+  if (k == "int8") f.q.kind = QKind::int8;
+  else if (k == "int4") f.q.kind = QKind::int4;
+  else bad("format.kind", "'int8' or 'int4'", kind);
+  f.q.group = (int32_t)integer(o.Get("group"), "format.group", 0, 1 << 20);
+  f.q.asym = boolean(o.Get("asym"), "format.asym");
+  f.q.scale_dtype = dtype_arg(o.Get("scaleDtype"), "format.scaleDtype");
+  return f;
+}
+constexpr int64_t kMaxDim = (int64_t)1 << 40;
+
+Napi::Value PackedBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    cpu::WeightFormat f = format_arg(info[0], "format");
+    return Napi::Number::New(env, (double)cpu::packed_bytes(f, integer(info[1], "N", 1, kMaxDim), integer(info[2], "K", 1, kMaxDim)));
+  } catch (const Error& e) {
+    throw_ty(env, e, "packedBytes");
+  }
+}
+Napi::Value Quantize(const Napi::CallbackInfo& info) {
+  return guard(info, "quantize", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_quantize(c.core, *c.stream, TENSOR(1, "weights"), format_arg(info[2], "format"), TENSOR(3, "out"), OPT_TENSOR(4, "stats"));
+  });
+}
+Napi::Value Dequantize(const Napi::CallbackInfo& info) {
+  return guard(info, "dequantize", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_dequantize(c.core, *c.stream, TENSOR(1, "weights"), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
+                       integer(info[4], "K", 1, kMaxDim), TENSOR(5, "out"));
+  });
+}
+Napi::Value QPack(const Napi::CallbackInfo& info) {
+  return guard(info, "qpack", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_qpack(c.core, *c.stream, TENSOR(1, "codes"), TENSOR(2, "scales"), OPT_TENSOR(3, "mins"), format_arg(info[4], "format"),
+                  integer(info[5], "N", 1, kMaxDim), integer(info[6], "K", 1, kMaxDim), TENSOR(7, "out"));
+  });
+}
+Napi::Value QUnpack(const Napi::CallbackInfo& info) {
+  return guard(info, "qunpack", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_qunpack(c.core, *c.stream, TENSOR(1, "weights"), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
+                    integer(info[4], "K", 1, kMaxDim), TENSOR(5, "codes"), TENSOR(6, "scales"), OPT_TENSOR(7, "mins"));
+  });
+}
+Napi::Value GgufImport(const Napi::CallbackInfo& info) {
+  return guard(info, "ggufImport", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_gguf_import(c.core, *c.stream, (int32_t)integer(info[1], "type", 0, 1 << 20), TENSOR(2, "blocks"),
+                        integer(info[3], "N", 1, kMaxDim), integer(info[4], "K", 1, kMaxDim), TENSOR(5, "out"));
+  });
+}
+Napi::Value QMatmul(const Napi::CallbackInfo& info) {
+  return guard(info, "qmatmul", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_qmatmul(c.core, *c.stream, TENSOR(1, "a"), TENSOR(2, "weights"), format_arg(info[3], "format"),
+                    integer(info[4], "N", 1, kMaxDim), integer(info[5], "K", 1, kMaxDim), OPT_TENSOR(6, "bias"),
+                    OPT_TENSOR(7, "residual"), TENSOR(8, "out"));
+  });
+}
+
 Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected a constructor for errorClass");
   inst(info.Env()).error_ctor = Napi::Persistent(info[0].As<Napi::Function>());
@@ -561,6 +626,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("embedding", Napi::Function::New(env, Embedding));
   exports.Set("copy", Napi::Function::New(env, Copy));
   exports.Set("probe", Napi::Function::New(env, Probe));
+  exports.Set("packedBytes", Napi::Function::New(env, PackedBytes));
+  exports.Set("quantize", Napi::Function::New(env, Quantize));
+  exports.Set("dequantize", Napi::Function::New(env, Dequantize));
+  exports.Set("qpack", Napi::Function::New(env, QPack));
+  exports.Set("qunpack", Napi::Function::New(env, QUnpack));
+  exports.Set("ggufImport", Napi::Function::New(env, GgufImport));
+  exports.Set("qmatmul", Napi::Function::New(env, QMatmul));
   return exports;
 }
 

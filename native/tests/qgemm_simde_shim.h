@@ -18,8 +18,27 @@ static inline simde__m512 ty_emu_cvtph_ps(simde__m256i a) {
   __m256 hi = _mm256_cvtph_ps(simde_mm256_extracti128_si256(a, 1));
   return simde_mm512_insertf32x8(simde_mm512_castps256_ps512(lo), hi, 1);
 }
+static inline simde__m512i ty_emu_cvtepu8_epi32(simde__m128i a) {
+  __m256i lo = _mm256_cvtepu8_epi32(a), hi = _mm256_cvtepu8_epi32(_mm_srli_si128(a, 8));
+  return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
+}
+static inline simde__m512i ty_emu_cvtepi8_epi32(simde__m128i a) {
+  __m256i lo = _mm256_cvtepi8_epi32(a), hi = _mm256_cvtepi8_epi32(_mm_srli_si128(a, 8));
+  return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
+}
+static inline simde__m512i ty_emu_cvtepu8_epi16(simde__m256i a) {
+  __m256i lo = _mm256_cvtepu8_epi16(simde_mm256_extracti128_si256(a, 0));
+  __m256i hi = _mm256_cvtepu8_epi16(simde_mm256_extracti128_si256(a, 1));
+  return simde_mm512_inserti64x4(simde_mm512_castsi256_si512(lo), hi, 1);
+}
 #define _mm512_cvtepi32_ps(a) ty_emu_cvtepi32_ps(a)
 #define _mm512_cvtph_ps(a) ty_emu_cvtph_ps(a)
+#define _mm512_cvtepu8_epi32(a) ty_emu_cvtepu8_epi32(a)
+#define _mm512_cvtepi8_epi32(a) ty_emu_cvtepi8_epi32(a)
+#define _mm512_cvtepu8_epi16(a) ty_emu_cvtepu8_epi16(a)
+// SIMDe 0.7.4 defines the native alias of _mm512_madd_epi16 with four arguments (a bug).
+#undef _mm512_madd_epi16
+#define _mm512_madd_epi16(a, b) simde_mm512_madd_epi16(a, b)
 
 // The kernel selects its AVX-512 code with these macros.
 #ifndef __AVX512F__

@@ -48,12 +48,16 @@ static double g_spec_f32[8];  // per ISA: worst |got - spec| / tol over f32 outp
   } while (0)
 
 struct PlainBuf {
-  std::vector<uint8_t> q, s, m;
+  std::vector<uint8_t> q, s, m, sd, sm;
   QPlain p;
   PlainBuf(const QuantFormat& f, int64_t N, int64_t K)
-      : q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), m(f.asym ? q_plain_scale_bytes(f, N, K) : 0) {
-    p.fmt = f; p.N = N; p.K = K; p.q = q.data(); p.scales = s.data(); p.mins = f.asym ? m.data() : nullptr;
+      : q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), m(q_plain_min_bytes(f, N, K)),
+        sd(q_plain_super_bytes(f, N, K)), sm(f.kind == QKind::q4k ? q_plain_super_bytes(f, N, K) : 0) {
+    p.fmt = f; p.N = N; p.K = K; p.q = q.data(); p.scales = s.data(); p.mins = m.empty() ? nullptr : m.data();
+    p.super_d = sd.empty() ? nullptr : sd.data();
+    p.super_dmin = sm.empty() ? nullptr : sm.data();
   }
+  bool same(const PlainBuf& o) const { return q == o.q && s == o.s && m == o.m && sd == o.sd && sm == o.sm; }
 };
 struct Aligned {
   void* raw; uint8_t* p;
@@ -62,6 +66,8 @@ struct Aligned {
 };
 
 static std::string fmt_name(const QuantFormat& f) {
+  if (f.kind == QKind::q4k) return "q4k";
+  if (f.kind == QKind::q6k) return "q6k";
   std::string s = f.kind == QKind::int8 ? "int8" : (f.asym ? "int4a" : "int4s");
   s += f.group ? "-g" + std::to_string(f.group) : "-pc";
   s += f.scale_dtype == DType::f16 ? "-f16" : "-f32";
@@ -112,7 +118,9 @@ static void gemm_case(std::vector<IsaImpl>& isas, const QuantFormat& f, int64_t 
   if (given) {
     std::memcpy(pb.p.q, given->q, pb.q.size());
     std::memcpy(pb.p.scales, given->scales, pb.s.size());
-    if (f.asym) std::memcpy(pb.p.mins, given->mins, pb.m.size());
+    if (!pb.m.empty()) std::memcpy(pb.p.mins, given->mins, pb.m.size());
+    if (!pb.sd.empty()) std::memcpy(pb.p.super_d, given->super_d, pb.sd.size());
+    if (!pb.sm.empty()) std::memcpy(pb.p.super_dmin, given->super_dmin, pb.sm.size());
   } else {
     std::vector<float> w = rand_weights(rng, N, K);
     quantize(w.data(), K, pb.p);
@@ -336,8 +344,285 @@ static void test_gguf(std::mt19937& rng) {
     std::printf("  gguf import type %d: %lld values bit-exact\n", t, (long long)(N * K));
   }
   bool threw = false;
-  try { gguf_native_format(12); } catch (const Error& e) { threw = e.code == Code::UNSUPPORTED; }
+  try { gguf_native_format(13); } catch (const Error& e) { threw = e.code == Code::UNSUPPORTED; }
   CHECK(threw, "unsupported ggml type not rejected");
+}
+
+// ---- K-quants: quantize / repack, and the GGUF Q4_K / Q6_K importers --------------------
+static QuantFormat kq_fmt(QKind k) { QuantFormat f; f.kind = k; f.group = 256; f.scale_dtype = DType::f16; return f; }
+
+// Sub-block step and min as dequantize() documents them (read straight from the plain layout).
+static void kq_params(const QPlain& p, int64_t n, int64_t k, float* step, float* mm) {
+  const bool q4 = p.fmt.kind == QKind::q4k;
+  const int64_t SL = q4 ? 32 : 16, j = k / SL, ns = p.K / SL, nsb = p.K / 256, b = k / 256;
+  const float d = f16_to_f32(((const uint16_t*)p.super_d)[n * nsb + b]);
+  if (q4) {
+    const float dmin = f16_to_f32(((const uint16_t*)p.super_dmin)[n * nsb + b]);
+    *step = d * (float)((const uint8_t*)p.scales)[n * ns + j];
+    *mm = dmin * (float)((const uint8_t*)p.mins)[n * ns + j];
+  } else {
+    *step = d * (float)((const int8_t*)p.scales)[n * ns + j];
+    *mm = 0;
+  }
+}
+
+static void test_kq_quantize(std::mt19937& rng) {
+  for (QKind kind : {QKind::q4k, QKind::q6k}) {
+    const QuantFormat f = kq_fmt(kind);
+    const bool q4 = kind == QKind::q4k;
+    const int64_t N = 21, K = 768;
+    std::vector<float> w = rand_weights(rng, N, K);
+    for (int64_t k = 256; k < 512; ++k) w[5 * K + k] = std::fabs(w[5 * K + k]) + 0.01f;  // all-positive super-block
+    for (int64_t k = 0; k < 256; ++k) w[6 * K + k] = -std::fabs(w[6 * K + k]) - 0.01f;   // all-negative
+    PlainBuf a(f, N, K), b(f, N, K);
+    QuantStats st = quantize(w.data(), K, a.p);
+    quantize(w.data(), K, b.p);
+    CHECK(a.same(b), "%s: quantize is not deterministic", fmt_name(f).c_str());
+    std::vector<float> d(N * K);
+    dequantize(a.p, d.data(), K);
+    const int qmin = q4 ? 0 : -32, qmax = q4 ? 15 : 31;
+    int bad = 0, range = 0;
+    double max_err = 0, sum_sq = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        float step, mm;
+        kq_params(a.p, n, k, &step, &mm);
+        double best = 1e300;
+        for (int q = qmin; q <= qmax; ++q) {
+          const float t = step * (float)q;
+          best = std::fmin(best, std::fabs((double)(t - mm) - w[n * K + k]));
+        }
+        const double err = std::fabs((double)d[n * K + k] - w[n * K + k]);
+        max_err = std::fmax(max_err, err);
+        sum_sq += err * err;
+        if (err > best) ++bad;
+      }
+    // Sub-scales and mins within their documented ranges.
+    for (size_t i = 0; i < a.s.size(); ++i)
+      if (q4 && (a.s[i] > 63 || a.m[i] > 63)) ++range;
+    CHECK(bad == 0, "%s: %d elements not quantized to the nearest code", fmt_name(f).c_str(), bad);
+    CHECK(range == 0, "%s: %d sub-scales / mins out of range", fmt_name(f).c_str(), range);
+    CHECK(std::fabs(st.max_abs_err - max_err) <= 1e-12 * (1 + max_err), "%s: stats max_abs_err %g vs %g", fmt_name(f).c_str(), st.max_abs_err, max_err);
+    CHECK(std::fabs(st.rms_err - std::sqrt(sum_sq / (N * K))) <= 1e-9 * (1 + st.rms_err), "%s: stats rms", fmt_name(f).c_str());
+    CHECK(st.max_err_step <= 0.5 + 1e-6 || st.clamped > 0, "%s: max_err_step %g without clamping", fmt_name(f).c_str(), st.max_err_step);
+    // Relative quality: RMS error against the RMS weight (q4k ~4 bits, q6k ~6 bits).
+    double wsq = 0;
+    for (float v : w) wsq += (double)v * v;
+    const double rel = st.rms_err / std::sqrt(wsq / (N * K));
+    CHECK(rel < (q4 ? 0.12 : 0.03), "%s: relative rms error %g too large", fmt_name(f).c_str(), rel);
+    // Repack round trip, layout sizes.
+    const QPackedLayout L = q_packed_layout(f, N, K);
+    Aligned pk(L.total);
+    q_repack(a.p, pk.p);
+    QPacked qp; qp.fmt = f; qp.N = N; qp.K = K; qp.data = pk.p;
+    PlainBuf c(f, N, K);
+    q_unpack(qp, c.p);
+    CHECK(a.same(c), "%s: repack/unpack round trip differs", fmt_name(f).c_str());
+    CHECK(L.panel_bytes % 64 == 0 && L.total == (size_t)(L.panels * L.panel_bytes) &&
+              L.wblock_bytes == (q4 ? 2304 : 4352) && L.wblock_bytes % 64 == 0,
+          "%s: layout", fmt_name(f).c_str());
+    std::printf("  quantize %-14s rms_err %.3g (%.4f of rms w) max_err/step %.3f clamped %lld\n", fmt_name(f).c_str(),
+                st.rms_err, rel, st.max_err_step, (long long)st.clamped);
+  }
+  // Hand-checked repacked bytes: q4k, one row, codes q[k] = k % 16, sc_j = j + 1, m_j = 2j.
+  {
+    const QuantFormat f = kq_fmt(QKind::q4k);
+    PlainBuf a(f, 1, 256);
+    for (int k = 0; k < 256; ++k) {
+      uint8_t& b = a.q[k / 2];
+      b = (k & 1) ? (uint8_t)((b & 15) | ((k % 16) << 4)) : (uint8_t)((b & 0xf0) | (k % 16));
+    }
+    for (int j = 0; j < 8; ++j) { a.s[j] = (uint8_t)(j + 1); a.m[j] = (uint8_t)(2 * j); }
+    const uint16_t one = 0x3c00, half = 0x3800;
+    std::memcpy(a.sd.data(), &one, 2);
+    std::memcpy(a.sm.data(), &half, 2);
+    const QPackedLayout L = q_packed_layout(f, 1, 256);
+    Aligned pk(L.total);
+    q_repack(a.p, pk.p);
+    // vector 0, channel 0: byte i: low u[k=i] = i, high u[k=4+i] = 4+i; vector 1: k = 8..15
+    CHECK(pk.p[0] == 0x40 && pk.p[3] == 0x73 && pk.p[64] == 0xC8 && pk.p[4] == 0x00 &&
+              pk.p[2048] == 1 && pk.p[2048 + 7 * 16] == 8 && pk.p[2048 + 1] == 0 &&
+              pk.p[2176] == 0 && pk.p[2177] == 2 && pk.p[2176 + 3 * 32 + 1] == 14 &&
+              pk.p[2304] == 0x00 && pk.p[2305] == 0x3c && pk.p[2336] == 0x00 && pk.p[2337] == 0x38 && L.total == 2368,
+          "q4k repacked bytes %02x %02x %02x %02x %02x %02x total %zu", pk.p[0], pk.p[3], pk.p[64], pk.p[2048], pk.p[2177],
+          pk.p[2305], L.total);
+    std::vector<float> y(256);
+    dequantize(a.p, y.data(), 256);
+    int bad = 0;
+    for (int k = 0; k < 256; ++k) {
+      const float want = (float)((k / 32 + 1) * (k % 16)) - 0.5f * (float)(2 * (k / 32));  // exact in f32
+      if (y[k] != want) ++bad;
+    }
+    CHECK(bad == 0, "q4k hand-built dequantize: %d values differ", bad);
+  }
+}
+
+// ggml's reference dequantization, written out from the block definitions (see
+// docs/formats.md "K-quants"), as a second, loop-structured reading of the spec.
+static void spec_scale_min(int j, const uint8_t* s, int* sc, int* m) {
+  if (j < 4) { *sc = s[j] & 63; *m = s[j + 4] & 63; return; }
+  *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+  *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+}
+static void spec_deq_q4k(const uint8_t* blk, float* y) {
+  uint16_t dh, mh;
+  std::memcpy(&dh, blk, 2);
+  std::memcpy(&mh, blk + 2, 2);
+  const float d = f16_to_f32(dh), dmin = f16_to_f32(mh);
+  const uint8_t* qs = blk + 16;
+  for (int chunk = 0; chunk < 4; ++chunk) {  // 64 elements: sub-blocks 2*chunk (low), 2*chunk+1 (high)
+    for (int half = 0; half < 2; ++half) {
+      int sc, m;
+      spec_scale_min(2 * chunk + half, blk + 4, &sc, &m);
+      const float dl = d * (float)sc, ml = dmin * (float)m;
+      for (int l = 0; l < 32; ++l) {
+        const int q = half ? (qs[32 * chunk + l] >> 4) : (qs[32 * chunk + l] & 0x0F);
+        const float t = dl * (float)q;
+        y[64 * chunk + 32 * half + l] = t - ml;
+      }
+    }
+  }
+}
+static void spec_deq_q6k(const uint8_t* blk, float* y) {
+  uint16_t dh;
+  std::memcpy(&dh, blk + 208, 2);
+  const float d = f16_to_f32(dh);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* ql = blk + 64 * h;
+    const uint8_t* qh = blk + 128 + 32 * h;
+    const int8_t* sc = (const int8_t*)(blk + 192) + 8 * h;
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
+      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      float t;
+      t = d * (float)sc[is + 0]; y[128 * h + l + 0] = t * (float)q1;
+      t = d * (float)sc[is + 2]; y[128 * h + l + 32] = t * (float)q2;
+      t = d * (float)sc[is + 4]; y[128 * h + l + 64] = t * (float)q3;
+      t = d * (float)sc[is + 6]; y[128 * h + l + 96] = t * (float)q4;
+    }
+  }
+}
+// Random finite f16 bit pattern (any sign, subnormals included; exponent != 31).
+static uint16_t rand_f16(std::mt19937& rng) {
+  uint16_t h = (uint16_t)rng();
+  if ((h & 0x7c00) == 0x7c00) h &= 0xbfff;
+  return h;
+}
+// Random K-quant blocks (random codes and scale bytes, finite f16 super scales).
+static std::vector<uint8_t> rand_kq_blocks(std::mt19937& rng, int t, int64_t nblk, bool sane) {
+  const int64_t bb = t == kGgmlQ4_K ? 144 : 210;
+  std::vector<uint8_t> src(nblk * bb);
+  for (auto& b : src) b = (uint8_t)rng();
+  for (int64_t i = 0; i < nblk; ++i) {
+    uint8_t* blk = &src[i * bb];
+    uint16_t d = rand_f16(rng), m = rand_f16(rng);
+    if (sane) {  // magnitudes a model would have (for GEMMs)
+      d = f32_to_f16(std::ldexp(1.0f + (float)(i % 5), -10 - (int)(i % 3)));
+      m = f32_to_f16(std::ldexp(1.0f + (float)(i % 3), -9));
+    }
+    if (t == kGgmlQ4_K) { std::memcpy(blk, &d, 2); std::memcpy(blk + 2, &m, 2); }
+    else std::memcpy(blk + 208, &d, 2);
+  }
+  return src;
+}
+
+static void test_gguf_kq(std::mt19937& rng) {
+  // 1. Hand-built blocks from chosen (sc, m, q) against values computed by hand.
+  {
+    // Q4_K: sc_j = 40 + j (needs the 6-bit split for j >= 4), m_j = 63 - 5j, d = 2^-4,
+    // dmin = 2^-6, codes q(e) = (e * 7) % 16.
+    uint8_t blk[144] = {};
+    const uint16_t d = 0x2c00, dmin = 0x2400;  // 0.0625, 0.015625
+    std::memcpy(blk, &d, 2);
+    std::memcpy(blk + 2, &dmin, 2);
+    int sc[8], m[8];
+    for (int j = 0; j < 8; ++j) { sc[j] = 40 + j; m[j] = 63 - 5 * j; }
+    uint8_t* s = blk + 4;
+    for (int j = 0; j < 4; ++j) {
+      s[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
+      s[j + 4] = (uint8_t)((m[j] & 63) | ((m[j + 4] >> 4) << 6));
+      s[j + 8] = (uint8_t)((sc[j + 4] & 15) | ((m[j + 4] & 15) << 4));
+    }
+    for (int e = 0; e < 256; ++e) {
+      const int q = (e * 7) % 16, c = e / 64, l = e % 64;
+      uint8_t& b = blk[16 + 32 * c + l % 32];
+      b = l < 32 ? (uint8_t)((b & 0xf0) | q) : (uint8_t)((b & 0x0f) | (q << 4));
+    }
+    const QuantFormat f = gguf_native_format(kGgmlQ4_K);
+    PlainBuf pb(f, 1, 256);
+    gguf_import(kGgmlQ4_K, blk, sizeof blk, 1, 256, pb.p);
+    std::vector<float> y(256);
+    dequantize(pb.p, y.data(), 256);
+    int bad = 0;
+    for (int e = 0; e < 256; ++e) {
+      const int j = e / 32;
+      // Every product and difference here is exact in f32, so the order cannot matter.
+      const double want = 0.0625 * sc[j] * ((e * 7) % 16) - 0.015625 * m[j];
+      if ((double)y[e] != want) ++bad;
+      if (pb.s[j] != sc[j] || pb.m[j] != m[j]) ++bad;
+    }
+    CHECK(bad == 0, "Q4_K hand-built block: %d mismatches", bad);
+  }
+  {
+    // Q6_K: 6-bit value L(e) = (e * 5 + 3) % 64 (q = L - 32), sc_j = j*17 - 128 (incl. -128),
+    // d = -2^-8.
+    uint8_t blk[210] = {};
+    const uint16_t d = 0x9c00;  // -0.00390625
+    std::memcpy(blk + 208, &d, 2);
+    for (int j = 0; j < 16; ++j) blk[192 + j] = (uint8_t)(int8_t)(j * 17 - 128);
+    for (int e = 0; e < 256; ++e) {
+      const int L = (e * 5 + 3) % 64, h = e / 128, t = (e % 128) / 32, l = e % 32;
+      uint8_t& lb = blk[64 * h + l + 32 * (t & 1)];
+      lb = t < 2 ? (uint8_t)((lb & 0xf0) | (L & 15)) : (uint8_t)((lb & 0x0f) | ((L & 15) << 4));
+      blk[128 + 32 * h + l] |= (uint8_t)((L >> 4) << (2 * t));
+    }
+    const QuantFormat f = gguf_native_format(kGgmlQ6_K);
+    PlainBuf pb(f, 1, 256);
+    gguf_import(kGgmlQ6_K, blk, sizeof blk, 1, 256, pb.p);
+    std::vector<float> y(256);
+    dequantize(pb.p, y.data(), 256);
+    int bad = 0;
+    for (int e = 0; e < 256; ++e) {
+      const double want = -0.00390625 * (e / 16 * 17 - 128) * ((e * 5 + 3) % 64 - 32);  // exact
+      if ((double)y[e] != want) ++bad;
+      if ((int8_t)pb.q[e] != (e * 5 + 3) % 64 - 32) ++bad;
+    }
+    CHECK(bad == 0, "Q6_K hand-built block: %d mismatches", bad);
+  }
+  // 2. Random blocks (any scale bytes, finite f16 d/dmin incl. subnormal and negative)
+  //    against the loop-structured port of ggml's dequantize_row_q4_K / q6_K.
+  for (int t : {kGgmlQ4_K, kGgmlQ6_K}) {
+    const int64_t N = 7, K = 256 * 9, bb = t == kGgmlQ4_K ? 144 : 210;
+    std::vector<uint8_t> src = rand_kq_blocks(rng, t, N * K / 256, false);
+    CHECK(gguf_row_bytes(t, K) == (size_t)(K / 256 * bb), "gguf_row_bytes(%d)", t);
+    const QuantFormat f = gguf_native_format(t);
+    PlainBuf pb(f, N, K);
+    gguf_import(t, src.data(), src.size(), N, K, pb.p);
+    std::vector<float> got(N * K), want(N * K);
+    dequantize(pb.p, got.data(), K);
+    for (int64_t i = 0; i < N * K / 256; ++i) (t == kGgmlQ4_K ? spec_deq_q4k : spec_deq_q6k)(&src[i * bb], &want[i * 256]);
+    int diff = 0;
+    for (int64_t i = 0; i < N * K; ++i)
+      if (std::memcmp(&got[i], &want[i], 4) != 0) ++diff;
+    CHECK(diff == 0, "gguf type %d: %d values differ from ggml's dequantization", t, diff);
+    const QPackedLayout L = q_packed_layout(f, N, K);
+    Aligned pk(L.total);
+    q_repack(pb.p, pk.p);
+    QPacked qp; qp.fmt = f; qp.N = N; qp.K = K; qp.data = pk.p;
+    PlainBuf back(f, N, K);
+    q_unpack(qp, back.p);
+    CHECK(back.same(pb), "gguf type %d: repack round trip", t);
+    bool threw = false;
+    try { gguf_import(t, src.data(), src.size() - 1, N, K, pb.p); } catch (const Error& e) { threw = e.code == Code::SHAPE; }
+    CHECK(threw, "gguf type %d: short buffer not rejected", t);
+    threw = false;
+    try { PlainBuf x(kq_fmt(f.kind), N, 256); gguf_import(t, src.data(), src.size(), N, 288, x.p); } catch (const Error& e) { threw = e.code == Code::SHAPE; }
+    CHECK(threw, "gguf type %d: K=288 not rejected", t);
+    std::printf("  gguf import type %d: %lld values bit-exact (random blocks), hand-built block exact\n", t, (long long)(N * K));
+  }
 }
 
 // ---- bad arguments ----------------------------------------------------------------------
@@ -380,6 +665,23 @@ static void test_bad_args() {
   }
   { QGemmArgs b = g; b.w.K = 70000; b.w.fmt.group = 0; b.w.fmt.kind = QKind::int8; b.lda = 70000;
     expect("K too large", Code::SHAPE, [&] { qgemm_check(b, 70000); }); }
+  for (QKind kk : {QKind::q4k, QKind::q6k}) {
+    QGemmArgs b = g; b.w.fmt = kq_fmt(kk); b.w.K = 512 + 32; b.lda = 544;
+    expect("K-quant K % 256", Code::SHAPE, [&] { qgemm_check(b, 544); });
+    try { q_format_check(b.w.fmt, 64, 544); } catch (const Error& e) {
+      CHECK(std::string(e.arg) == "weights" && std::strstr(e.what(), "256"), "K-quant K error names weights / 256: %s", e.what());
+    }
+    b.w.K = 512; b.lda = 512;
+    qgemm_check(b, 512);  // valid
+    { QGemmArgs c = b; c.w.fmt.group = 0; qgemm_check(c, 512); }  // group 0 means 256
+    { QGemmArgs c = b; c.w.fmt.group = 128; expect("K-quant group 128", Code::INVALID_ARG, [&] { qgemm_check(c, 512); }); }
+    { QGemmArgs c = b; c.w.fmt.scale_dtype = DType::f32; expect("K-quant f32 super scale", Code::DTYPE, [&] { qgemm_check(c, 512); }); }
+    { QGemmArgs c = b; c.w.fmt.asym = true; expect("K-quant asym", Code::INVALID_ARG, [&] { qgemm_check(c, 512); }); }
+    { PlainBuf pb(kq_fmt(kk), 1, 256); std::vector<float> w(256, 1.0f); w[9] = INFINITY;
+      expect("K-quant non-finite weight", Code::INVALID_ARG, [&] { quantize(w.data(), 256, pb.p); }); }
+    { PlainBuf pb(kq_fmt(kk), 1, 256); std::vector<float> w(256, 1.0f); w[9] = 3e9f;
+      expect("K-quant f16 super-scale overflow", Code::INVALID_ARG, [&] { quantize(w.data(), 256, pb.p); }); }
+  }
 }
 
 int main(int argc, char** argv) {
@@ -400,6 +702,9 @@ int main(int argc, char** argv) {
   test_quantize(rng);
   std::printf("gguf importers:\n");
   test_gguf(rng);
+  std::printf("K-quants (q4k, q6k):\n");
+  test_kq_quantize(rng);
+  test_gguf_kq(rng);
   const int before_bad = g_pass + g_fail;
   test_bad_args();
   std::printf("bad-argument checks: %d\n", g_pass + g_fail - before_bad);
@@ -467,6 +772,52 @@ int main(int argc, char** argv) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) a[m * K + k] = m == 0 ? 1.0f : m == 1 ? -2.0f : (k % 2 ? 0.5f : -0.5f);
     gemm_case(isas, f, M, N, K, DType::f32, DType::f32, false, 0, seed++, worst, pool, false, &pb.p, &a), ++cases;
+  }
+  // K-quants: q4k / q6k over M = 1..600, odd N, K = 256, 512, 2816 (11 super-blocks).
+  for (QKind kk : {QKind::q4k, QKind::q6k}) {
+    const QuantFormat f = kq_fmt(kk);
+    for (int64_t K : {256, 512, 2816})
+      for (int64_t M : {1, 2, 3, 5, 8, 9, 17, 600})
+        for (int64_t N : {17, 33, 100}) {
+          if (M == 600 && (N != 33 || (quick && K > 512))) continue;
+          if (quick && (M == 2 || M == 9) && N != 17) continue;
+          const DType adt = acts[seed % 3], cdt = acts[(seed / 3) % 3];
+          gemm_case(isas, f, M, N, K, adt, cdt, seed % 2 == 0, (int)((seed / 2) % 3), seed, worst, pool, M <= 17 && N == 33);
+          ++seed; ++cases;
+        }
+    // Imported (random, sane-scaled) GGUF blocks.
+    const int t = kk == QKind::q4k ? kGgmlQ4_K : kGgmlQ6_K;
+    const int64_t N = 37, K = 768;
+    std::vector<uint8_t> src = rand_kq_blocks(rng, t, N * K / 256, true);
+    PlainBuf pb(f, N, K);
+    gguf_import(t, src.data(), src.size(), N, K, pb.p);
+    for (int64_t M : {1, 5, 19})
+      gemm_case(isas, f, M, N, K, acts[seed % 3], DType::f32, true, 0, seed, worst, pool, false, &pb.p), ++seed, ++cases;
+    // int32 extremes: every code at its extreme, every sub-scale / min at its extreme, and
+    // activations constant in magnitude (every code +-127), K = 2816.
+    {
+      const int64_t N2 = 19, K2 = 2816, M2 = 3;
+      PlainBuf e(f, N2, K2);
+      for (int64_t n = 0; n < N2; ++n) {
+        for (int64_t k = 0; k < K2; ++k) {
+          if (kk == QKind::q4k) e.q[(n * K2 + k) / 2] = (n % 2) ? 0xff : 0x0f;  // 15 (and 0 / 15)
+          else e.q[n * K2 + k] = (uint8_t)(int8_t)(n % 3 == 0 ? -32 : n % 3 == 1 ? 31 : (k % 2 ? 31 : -32));
+        }
+        for (size_t i = 0; i < e.s.size() / N2; ++i) {
+          e.s[n * (e.s.size() / N2) + i] = kk == QKind::q4k ? 63 : (uint8_t)(int8_t)(n % 2 ? -128 : 127);
+          if (!e.m.empty()) e.m[n * (e.m.size() / N2) + i] = 63;
+        }
+        for (int64_t b = 0; b < K2 / 256; ++b) {
+          const uint16_t one = f32_to_f16(1.0f / 4096), mn = f32_to_f16(1.0f / 8192);
+          std::memcpy(&e.sd[(n * (K2 / 256) + b) * 2], &one, 2);
+          if (!e.sm.empty()) std::memcpy(&e.sm[(n * (K2 / 256) + b) * 2], &mn, 2);
+        }
+      }
+      std::vector<float> a(M2 * K2);
+      for (int64_t m = 0; m < M2; ++m)
+        for (int64_t k = 0; k < K2; ++k) a[m * K2 + k] = m == 0 ? 1.0f : m == 1 ? -2.0f : (k % 2 ? 0.5f : -0.5f);
+      gemm_case(isas, f, M2, N2, K2, DType::f32, DType::f32, false, 0, seed++, worst, pool, false, &e.p, &a), ++cases;
+    }
   }
   std::printf("  %d shape/format cases\n", cases);
   for (size_t i = 0; i < isas.size(); ++i)

@@ -25,10 +25,85 @@ int code(const QPlain& w, int64_t n, int64_t k) {
   return v;
 }
 
+// K-quants: activations quantized per 256-element super-block; per super-block b
+//   spec += sa_b * (d_b * sum_j sc_j * dot_j  -  dmin_b * sum_j m_j * S_j)     (q6k: no mins)
+// with dot_j = sum over sub-block j of code * qa and S_j = sum over sub-block j of qa.
+void kq_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
+  const int64_t M = g.M, N = w.N, K = w.K;
+  const bool q4 = w.fmt.kind == QKind::q4k;
+  const int64_t SL = q4 ? 32 : 16, ns = K / SL, nsb = K / 256, per = 256 / SL;
+  std::vector<float> wdq(N * K);
+  dequantize(w, wdq.data(), K);
+  std::vector<double> a(K), qa(K), sa(nsb);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) a[k] = load(g.A, g.a_dtype, m * g.lda + k);
+    for (int64_t b = 0; b < nsb; ++b) {
+      float amax = 0;
+      for (int64_t k = b * 256; k < (b + 1) * 256; ++k) amax = std::fmax(amax, (float)std::fabs(a[k]));
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      sa[b] = (double)(amax / 127.0f);
+      for (int64_t k = b * 256; k < (b + 1) * 256; ++k) qa[k] = std::nearbyint((float)a[k] * inv);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      double ex = 0, sp = 0, mag = 0, ae = 0;
+      for (int64_t b = 0; b < nsb; ++b) {
+        const double d = f16_to_f32(static_cast<const uint16_t*>(w.super_d)[n * nsb + b]);
+        const double dmin = q4 ? f16_to_f32(static_cast<const uint16_t*>(w.super_dmin)[n * nsb + b]) : 0.0;
+        double isum = 0, msum = 0, sabsw = 0;
+        for (int64_t j = b * per; j < (b + 1) * per; ++j) {
+          double dot = 0, S = 0;
+          for (int64_t k = j * SL; k < (j + 1) * SL; ++k) {
+            int code;
+            if (q4) {
+              const uint8_t byte = static_cast<const uint8_t*>(w.q)[n * (K / 2) + k / 2];
+              code = (k % 2) ? byte >> 4 : byte & 15;
+            } else {
+              code = static_cast<const int8_t*>(w.q)[n * K + k];
+            }
+            dot += code * qa[k];
+            S += qa[k];
+            const double wd = wdq[n * K + k];
+            ex += a[k] * wd;
+            sabsw += std::fabs(wd);
+            ae += std::ldexp(std::fabs(a[k] * wd), -22);
+          }
+          if (q4) {
+            isum += static_cast<const uint8_t*>(w.scales)[n * ns + j] * dot;
+            msum += static_cast<const uint8_t*>(w.mins)[n * ns + j] * S;
+          } else {
+            isum += static_cast<const int8_t*>(w.scales)[n * ns + j] * dot;
+          }
+        }
+        const double t1 = sa[b] * d * isum, t2 = sa[b] * dmin * msum;
+        sp += t1 - t2;
+        mag += std::fabs(t1) + std::fabs(t2);
+        ae += 0.5 * sa[b] * sabsw * (1 + 1e-6);
+      }
+      double extra = 0, extra_mag = 0;
+      if (g.bias) { extra += g.bias[n]; extra_mag += std::fabs(g.bias[n]); }
+      if (g.residual) {
+        const double r = load(g.residual, g.c_dtype, m * g.ldr + n);
+        extra += r; extra_mag += std::fabs(r);
+      }
+      out.exact[m * N + n] = ex + extra;
+      out.spec[m * N + n] = sp + extra;
+      out.mag[m * N + n] = mag + extra_mag;
+      out.act_err[m * N + n] = ae;
+    }
+  }
+}
+
 }  // namespace
 
 void qgemm_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
   const int64_t M = g.M, N = w.N, K = w.K;
+  if (q_is_kquant(w.fmt.kind)) {
+    out.M = M; out.N = N;
+    out.exact.assign(M * N, 0); out.spec.assign(M * N, 0);
+    out.mag.assign(M * N, 0); out.act_err.assign(M * N, 0);
+    kq_ref(w, g, out);
+    return;
+  }
   const bool asym = w.fmt.kind == QKind::int4 && w.fmt.asym;
   const int64_t G = w.fmt.group > 0 ? w.fmt.group : K, nb = K / G;
   out.M = M; out.N = N;

@@ -14,6 +14,7 @@ struct QGemmRef {
   std::vector<double> exact;
   // The kernel's specification in exact arithmetic: A replaced by its per-row, per-block
   // int8 quantization (sa * q), weights as code * scale (+ min), + bias + residual.
+  // K-quants: per super-block sa * (d * sum_j sc_j*dot_j - dmin * sum_j m_j*sum_j(qa)).
   std::vector<double> spec;
   // Sum of the magnitudes of the f32 terms the kernel adds up (per output); the kernel's
   // own rounding error is a small multiple of eps32 times this.

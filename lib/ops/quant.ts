@@ -1,0 +1,416 @@
+import { DType, FloatDType } from '../runtime/dtype';
+import { invalidArg, KernelError } from '../runtime/errors';
+import { Runtime } from '../runtime/runtime';
+import { Tensor } from '../runtime/tensor';
+import { binding, enqueue, OpOptions, optTensorArg, outArg, streamOf, tensorArg } from './common';
+
+/**
+ * Quantized weights: formats, quantize / dequantize, plain <-> packed layouts, GGUF block
+ * import, and the quantized matmul. Byte layouts are in docs/formats.md.
+ *
+ * A {@link QuantizedTensor} is the repacked (SIMD-interleaved) bytes of a weight matrix
+ * [N, K] (nn.Linear / GGUF layout: one row per output channel) plus its format. The
+ * packing is done once, at quantize / import time; matmul reads it directly.
+ */
+
+export type QuantKind = 'int8' | 'int4';
+
+/** A quantized weight format. */
+export interface QuantFormat {
+  kind: QuantKind;
+  /**
+   * Quantization group along K: 32, 64 or 128 elements share one scale. int8 also
+   * allows 0, one scale per output channel. Default: 32.
+   */
+  group?: 0 | 32 | 64 | 128;
+  /** int4 only: scale plus min (codes 0..15) instead of symmetric codes -8..7. */
+  asym?: boolean;
+  /** Storage dtype of scales and mins. Default f16. */
+  scaleDtype?: 'f32' | 'f16';
+}
+
+/** A format with every field filled in. */
+export type ResolvedQuantFormat = Required<QuantFormat>;
+
+/** Error statistics of a quantization, over all elements: err = dequantize(q) - w. */
+export interface QuantStats {
+  maxAbsErr: number;
+  rmsErr: number;
+  /** max |err| / (the step of its block); at most 0.5 unless a value was clamped. */
+  maxErrStep: number;
+  /** Elements whose nearest grid point lay outside the code range. */
+  clamped: number;
+}
+
+/** ggml tensor type ids, as stored in GGUF files. */
+export const GgmlType = {
+  F32: 0,
+  F16: 1,
+  Q4_0: 2,
+  Q4_1: 3,
+  Q8_0: 8,
+  BF16: 30,
+} as const;
+export type GgmlTypeId = (typeof GgmlType)[keyof typeof GgmlType];
+
+const GGML_BLOCK_FORMATS: Record<number, ResolvedQuantFormat> = {
+  [GgmlType.Q4_0]: { kind: 'int4', group: 32, asym: false, scaleDtype: 'f16' },
+  [GgmlType.Q4_1]: { kind: 'int4', group: 32, asym: true, scaleDtype: 'f16' },
+  [GgmlType.Q8_0]: { kind: 'int8', group: 32, asym: false, scaleDtype: 'f16' },
+};
+const GGML_DENSE: Record<number, FloatDType> = {
+  [GgmlType.F32]: 'f32',
+  [GgmlType.F16]: 'f16',
+  [GgmlType.BF16]: 'bf16',
+};
+
+export function resolveFormat(format: QuantFormat, op: string): ResolvedQuantFormat {
+  if (typeof format !== 'object' || format === null)
+    throw invalidArg(op, 'format', 'a format object', format);
+  const f: ResolvedQuantFormat = {
+    kind: format.kind,
+    group: format.group ?? 32,
+    asym: format.asym ?? false,
+    scaleDtype: format.scaleDtype ?? 'f16',
+  };
+  if (f.kind !== 'int8' && f.kind !== 'int4')
+    throw invalidArg(op, 'format.kind', "'int8' or 'int4'", f.kind);
+  // group, asym and scaleDtype are checked natively against the shape (one rule, one place).
+  return f;
+}
+
+function shapeArg(shape: unknown, op: string): [number, number] {
+  if (
+    !Array.isArray(shape) ||
+    shape.length !== 2 ||
+    !shape.every((d) => Number.isSafeInteger(d) && (d as number) > 0)
+  )
+    throw invalidArg(op, 'shape', 'an [N, K] pair of positive integers', shape, 'E_SHAPE');
+  return [shape[0] as number, shape[1] as number];
+}
+
+/** The plain layout: what importers produce and tests read. */
+export interface PlainQuantized {
+  /** int8: int8 [N, K]. int4: u8 [N, K/2], element k in byte k/2, low nibble first. */
+  codes: Tensor;
+  /** scaleDtype [N, blocks]. */
+  scales: Tensor;
+  /** Asymmetric int4 only: scaleDtype [N, blocks]. */
+  mins?: Tensor;
+}
+
+/** Repacked quantized weights [N, K]. */
+export class QuantizedTensor {
+  readonly format: ResolvedQuantFormat;
+  /** Logical shape [N, K]. */
+  readonly shape: readonly [number, number];
+  /** The repacked bytes (u8). */
+  readonly packed: Tensor;
+  private readonly statsTensor: Tensor | undefined;
+
+  /** @internal Use quantize(), packQuantized() or importGguf(). */
+  constructor(
+    format: ResolvedQuantFormat,
+    shape: [number, number],
+    packed: Tensor,
+    stats?: Tensor,
+  ) {
+    this.format = Object.freeze({ ...format });
+    this.shape = Object.freeze([shape[0], shape[1]]) as readonly [number, number];
+    this.packed = packed;
+    this.statsTensor = stats;
+  }
+
+  get runtime(): Runtime {
+    return this.packed.runtime;
+  }
+  get disposed(): boolean {
+    return this.packed.disposed;
+  }
+  /** Bytes of the packed weights (codes, scales and padding). */
+  get bytes(): number {
+    return this.packed.bytes;
+  }
+  /** Number of scale groups per row. */
+  get blocks(): number {
+    return this.format.group === 0 ? 1 : this.shape[1] / this.format.group;
+  }
+
+  /** The values the codes represent, as f32 [N, K]. */
+  dequantize(options: OpOptions & { out?: Tensor } = {}): Tensor {
+    const w = this.packedArg('dequantize');
+    const out = outArg(options.out, w, this.shape, 'f32', 'dequantize');
+    return enqueue(out, options.out === undefined, () =>
+      binding().dequantize(
+        streamOf(w, options).native,
+        w.native,
+        this.format,
+        this.shape[0],
+        this.shape[1],
+        out.native,
+      ),
+    );
+  }
+
+  /** The plain layout (see {@link PlainQuantized}). */
+  unpack(options: OpOptions = {}): PlainQuantized {
+    const w = this.packedArg('unpack');
+    const p = allocPlain(w.runtime, this.format, this.shape);
+    try {
+      binding().qunpack(
+        streamOf(w, options).native,
+        w.native,
+        this.format,
+        this.shape[0],
+        this.shape[1],
+        p.codes.native,
+        p.scales.native,
+        p.mins?.native ?? null,
+      );
+    } catch (e) {
+      disposePlain(p);
+      throw e;
+    }
+    return p;
+  }
+
+  /** Error statistics, when this tensor came from quantize(); undefined otherwise. */
+  async stats(options: OpOptions = {}): Promise<QuantStats | undefined> {
+    if (!this.statsTensor) return undefined;
+    const raw = (await this.statsTensor.read(options.stream)) as Uint8Array;
+    const d = new Float64Array(raw.buffer, raw.byteOffset, 4);
+    return { maxAbsErr: d[0], rmsErr: d[1], maxErrStep: d[2], clamped: d[3] };
+  }
+
+  dispose(): void {
+    this.packed.dispose();
+    this.statsTensor?.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  toString(): string {
+    const f = this.format;
+    const g = f.group === 0 ? 'per-channel' : `g${f.group}`;
+    return `QuantizedTensor(${f.kind} ${g}${f.asym ? ' asym' : ''} ${f.scaleDtype} scales, [${this.shape.join(', ')}])`;
+  }
+
+  /** @internal */
+  packedArg(op: string): Tensor {
+    return tensorArg(this.packed, op, 'weights');
+  }
+}
+
+export function isQuantized(x: unknown): x is QuantizedTensor {
+  return x instanceof QuantizedTensor;
+}
+
+function allocPlain(
+  rt: Runtime,
+  f: ResolvedQuantFormat,
+  [n, k]: readonly [number, number],
+): PlainQuantized {
+  const blocks = f.group === 0 ? 1 : k / f.group;
+  const codes = f.kind === 'int4' ? rt.empty([n, k / 2], 'u8') : rt.empty([n, k], 'int8');
+  const scales = rt.empty([n, blocks], f.scaleDtype);
+  const mins = f.kind === 'int4' && f.asym ? rt.empty([n, blocks], f.scaleDtype) : undefined;
+  return { codes, scales, mins };
+}
+function disposePlain(p: PlainQuantized): void {
+  p.codes.dispose();
+  p.scales.dispose();
+  p.mins?.dispose();
+}
+
+function allocPacked(
+  rt: Runtime,
+  f: ResolvedQuantFormat,
+  shape: [number, number],
+  op: string,
+): Tensor {
+  let bytes: number;
+  try {
+    bytes = binding().packedBytes(f, shape[0], shape[1]);
+  } catch (e) {
+    if (e instanceof KernelError) (e as { op: string }).op = op;
+    throw e;
+  }
+  return rt.empty([bytes], 'u8');
+}
+
+/**
+ * Quantizes f32 weights [N, K] (round to nearest even, deterministic) and repacks them.
+ * `await q.stats()` gives the error statistics.
+ */
+export function quantize(
+  weights: Tensor,
+  format: QuantFormat,
+  options: OpOptions = {},
+): QuantizedTensor {
+  const w = tensorArg(weights, 'quantize', 'weights');
+  const f = resolveFormat(format, 'quantize');
+  if (w.dtype !== 'f32')
+    throw new KernelError(
+      `Expected f32 for dtype of weights but received ${w.dtype} (cast first)`,
+      {
+        code: 'E_DTYPE',
+        op: 'quantize',
+        arg: 'weights',
+        backend: w.runtime.backend,
+      },
+    );
+  if (w.shape.length !== 2)
+    throw invalidArg('quantize', 'weights', 'a 2-D [N, K] tensor', w.shape, 'E_SHAPE');
+  const shape = shapeArg(w.shape, 'quantize');
+  const packed = allocPacked(w.runtime, f, shape, 'quantize');
+  const stats = w.runtime.empty([32], 'u8');
+  try {
+    binding().quantize(streamOf(w, options).native, w.native, f, packed.native, stats.native);
+  } catch (e) {
+    packed.dispose();
+    stats.dispose();
+    throw e;
+  }
+  return new QuantizedTensor(f, shape, packed, stats);
+}
+
+/** Packs weights given in the plain layout. */
+export function packQuantized(
+  plain: PlainQuantized,
+  format: QuantFormat,
+  shape: readonly [number, number],
+  options: OpOptions = {},
+): QuantizedTensor {
+  const f = resolveFormat(format, 'packQuantized');
+  const shp = shapeArg(shape, 'packQuantized');
+  const codes = tensorArg(plain?.codes, 'packQuantized', 'codes');
+  const scales = tensorArg(plain.scales, 'packQuantized', 'scales');
+  const mins = optTensorArg(plain.mins, 'packQuantized', 'mins');
+  const packed = allocPacked(codes.runtime, f, shp, 'packQuantized');
+  try {
+    binding().qpack(
+      streamOf(codes, options).native,
+      codes.native,
+      scales.native,
+      mins?.native ?? null,
+      f,
+      shp[0],
+      shp[1],
+      packed.native,
+    );
+  } catch (e) {
+    packed.dispose();
+    throw e;
+  }
+  return new QuantizedTensor(f, shp, packed);
+}
+
+/** The native form a GGUF tensor of this ggml type loads into (undefined: unsupported). */
+export function ggmlNativeFormat(type: number): ResolvedQuantFormat | FloatDType | undefined {
+  return GGML_BLOCK_FORMATS[type] ?? GGML_DENSE[type];
+}
+
+/**
+ * Imports a GGUF tensor's data (`data`: the raw bytes of N rows of K elements, as stored
+ * in the file) losslessly: dense types (F32, F16, BF16) become a tensor of that dtype
+ * with the same bits; block types (Q4_0, Q4_1, Q8_0) become a QuantizedTensor whose
+ * dequantized values equal ggml's dequantization bit for bit.
+ */
+export function importGguf(
+  rt: Runtime,
+  type: number,
+  data: Uint8Array | Tensor,
+  shape: readonly [number, number],
+  options: OpOptions = {},
+): Tensor | QuantizedTensor {
+  const shp = shapeArg(shape, 'importGguf');
+  const dense = GGML_DENSE[type];
+  if (dense !== undefined) {
+    const bytes = shp[0] * shp[1] * (dense === 'f32' ? 4 : 2);
+    // Dense data is copied from a Uint8Array (a mapped tensor can be used as it is).
+    if (!(data instanceof Uint8Array))
+      throw invalidArg('importGguf', 'data', 'a Uint8Array for a dense type', data);
+    const src = data;
+    if (src.byteLength !== bytes) throw sizeError(bytes, src.byteLength, rt);
+    const copy = new Uint8Array(src); // own, aligned storage
+    return rt.tensor(
+      dense === 'f32' ? new Float32Array(copy.buffer) : new Uint16Array(copy.buffer),
+      shp,
+      { dtype: dense },
+    );
+  }
+  const f = GGML_BLOCK_FORMATS[type];
+  if (!f)
+    throw new KernelError(
+      `Unsupported ggml type ${type} for GGUF import (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)`,
+      { code: 'E_UNSUPPORTED', op: 'importGguf', arg: 'type', backend: rt.backend },
+    );
+  const blocks =
+    data instanceof Uint8Array ? rt.tensor(data, [data.byteLength], { dtype: 'u8' }) : data;
+  const owned = data instanceof Uint8Array;
+  const b = tensorArg(blocks, 'importGguf', 'data');
+  const packed = allocPacked(rt, f, shp, 'importGguf');
+  try {
+    binding().ggufImport(
+      streamOf(packed, options).native,
+      type,
+      b.native,
+      shp[0],
+      shp[1],
+      packed.native,
+    );
+  } catch (e) {
+    packed.dispose();
+    throw e;
+  } finally {
+    // the queued import holds its own reference to the blocks
+    if (owned) blocks.dispose();
+  }
+  return new QuantizedTensor(f, shp, packed);
+
+  function sizeError(want: number, got: number, r: Runtime): KernelError {
+    return new KernelError(
+      `Expected ${want} bytes for data (ggml type ${type}, [${shp.join(', ')}]) but received ${got}`,
+      { code: 'E_SHAPE', op: 'importGguf', arg: 'data', backend: r.backend },
+    );
+  }
+}
+
+export interface QMatmulOptions extends OpOptions {
+  /** f32 bias [N]. */
+  bias?: Tensor;
+  /** Added after the bias; same shape and dtype as the output. May be `out` itself. */
+  residual?: Tensor;
+  out?: Tensor;
+  /** Output dtype when `out` is not given. Default: the dtype of a. */
+  outDtype?: FloatDType;
+}
+
+/**
+ * out[..., N] = a[..., K] · Wᵀ (+ bias) (+ residual) with quantized weights. Activations
+ * (f32, f16 or bf16) are quantized per row and per group to int8 inside the kernel; the
+ * integer dot products are exact (int32), scales are applied in f32.
+ */
+export function qmatmul(a: Tensor, w: QuantizedTensor, options: QMatmulOptions = {}): Tensor {
+  a = tensorArg(a, 'qmatmul', 'a');
+  if (!isQuantized(w)) throw invalidArg('qmatmul', 'weights', 'a QuantizedTensor', w);
+  const packed = w.packedArg('qmatmul');
+  const bias = optTensorArg(options.bias, 'qmatmul', 'bias');
+  const residual = optTensorArg(options.residual, 'qmatmul', 'residual');
+  const shape = [...a.shape.slice(0, -1), w.shape[0]];
+  const dtype: DType = options.outDtype ?? (a.dtype as FloatDType);
+  const out = outArg(options.out, a, shape, dtype, 'qmatmul');
+  return enqueue(out, options.out === undefined, () =>
+    binding().qmatmul(
+      streamOf(a, options).native,
+      a.native,
+      packed.native,
+      w.format,
+      w.shape[0],
+      w.shape[1],
+      bias?.native ?? null,
+      residual?.native ?? null,
+      out.native,
+    ),
+  );
+}

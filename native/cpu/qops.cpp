@@ -1,0 +1,273 @@
+// Tachyon CPU backend: quantized-weight ops (see qops.h).
+//
+// Whole-tensor conversions (quantize, dequantize, pack, unpack, import) run on the compute
+// pool in chunks of whole 16-channel panels: the packed bytes of rows [n0, n0 + rows) are
+// exactly the panels n0/16 .. of the full tensor, so every chunk is an independent
+// call of the framework-free functions in quant.cpp on its own rows.
+#include "qops.h"
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "qkernels.h"
+#include "validate.h"
+
+namespace ty::cpu {
+namespace {
+
+void need_format(const WeightFormat& f, int64_t N, int64_t K) {
+  const char* e = q_format_error(f.q, N, K);
+  if (!e) return;
+  Code c = Code::INVALID_ARG;
+  if (std::strstr(e, "divide") || std::strstr(e, "positive") || std::strstr(e, "<=")) c = Code::SHAPE;
+  throw Error(c, std::string("Invalid quantized format for weights of shape [") + std::to_string(N) + ", " +
+                     std::to_string(K) + "]: " + e, "format");
+}
+
+void need_packed(const T& packed, const WeightFormat& f, int64_t N, int64_t K, const char* arg) {
+  need(packed, arg);
+  need_dtype(packed, DType::u8, arg);
+  const size_t want = packed_bytes(f, N, K);
+  if (packed->buf->bytes != want)
+    throw Error(Code::SHAPE, std::string("Expected ") + std::to_string(want) + " bytes (the packed size of the format for [" +
+                                 std::to_string(N) + ", " + std::to_string(K) + "]) for " + arg + " but received " +
+                                 std::to_string(packed->buf->bytes), arg);
+  if (((uintptr_t)packed->buf->data & 63) != 0)
+    throw Error(Code::INVALID_ARG, std::string("Expected 64-byte aligned memory for ") + arg +
+                                       " (allocate it with the runtime, not from a JS array)", arg);
+}
+
+void need_shape(const T& t, std::vector<int64_t> want, const char* arg) {
+  if (t->shape != want) {
+    std::string s = "[";
+    for (size_t i = 0; i < want.size(); ++i) s += (i ? ", " : "") + std::to_string(want[i]);
+    throw Error(Code::SHAPE, "Expected shape " + s + "] for " + arg + " but received " + t->shape_str(), arg);
+  }
+}
+
+// Rows per chunk: whole panels, about 1 MiB of packed bytes, at least one panel.
+int64_t chunk_rows(const WeightFormat& f, int64_t N, int64_t K) {
+  const QPackedLayout L = q_packed_layout(f.q, kQPanel, K);
+  int64_t panels = std::max<int64_t>(1, (int64_t)((1 << 20) / std::max<size_t>(1, L.total)));
+  return std::min<int64_t>(N, panels * kQPanel);
+}
+
+// Plain-layout scratch for `rows` rows.
+struct PlainBuf {
+  std::vector<uint8_t> q, s, m;
+  QPlain p;
+  PlainBuf(const QuantFormat& f, int64_t rows, int64_t K)
+      : q(q_plain_q_bytes(f, rows, K)), s(q_plain_scale_bytes(f, rows, K)),
+        m(f.kind == QKind::int4 && f.asym ? q_plain_scale_bytes(f, rows, K) : 0) {
+    p.fmt = f; p.N = rows; p.K = K;
+    p.q = q.data(); p.scales = s.data(); p.mins = m.empty() ? nullptr : m.data();
+  }
+};
+
+// Runs fn(n0, rows) over panel-aligned row chunks on the pool. Errors thrown by a chunk
+// are re-thrown on the stream thread (first one wins) after all chunks finish.
+template <class F>
+void for_chunks(ThreadPool& pool, const WeightFormat& f, int64_t N, int64_t K, F&& fn) {
+  const int64_t cr = chunk_rows(f, N, K), tasks = (N + cr - 1) / cr;
+  std::mutex mu;
+  std::exception_ptr err;
+  pool.for_each(tasks, [&](int64_t t, int) {
+    const int64_t n0 = t * cr, rows = std::min(cr, N - n0);
+    try {
+      fn(n0, rows);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu);
+      if (!err) err = std::current_exception();
+    }
+  });
+  if (err) std::rethrow_exception(err);
+}
+
+size_t panel_offset(const WeightFormat& f, int64_t n0, int64_t K) {
+  return (size_t)(n0 / kQPanel) * (size_t)q_packed_layout(f.q, kQPanel, K).panel_bytes;
+}
+
+}  // namespace
+
+size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K) {
+  need_format(f, N, K);
+  return q_packed_layout(f.q, N, K).total;
+}
+
+void op_quantize(const Core& rt, Stream& s, const T& w, const WeightFormat& f, const T& packed, const T& stats) {
+  need(w, "weights");
+  need_dtype(w, DType::f32, "weights");
+  need_rank(w, 2, 2, "weights");
+  const int64_t N = w->shape[0], K = w->shape[1];
+  need_format(f, N, K);
+  need_packed(packed, f, N, K, "out");
+  if (stats) {
+    need(stats, "stats");
+    if (stats->buf->bytes < 32)
+      throw Error(Code::SHAPE, "Expected at least 32 bytes for stats but received " + std::to_string(stats->buf->bytes), "stats");
+  }
+  s.enqueue("quantize", [rt, w, f, packed, stats, N, K] {
+    std::mutex mu;
+    QuantStats all;
+    double sum_sq = 0;
+    for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
+      PlainBuf pb(f.q, rows, K);
+      QuantStats st = quantize(static_cast<const float*>(w->buf->data) + n0 * K, K, pb.p);
+      q_repack(pb.p, static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+      std::lock_guard<std::mutex> lk(mu);
+      all.max_abs_err = std::max(all.max_abs_err, st.max_abs_err);
+      all.max_err_step = std::max(all.max_err_step, st.max_err_step);
+      all.clamped += st.clamped;
+      sum_sq += st.rms_err * st.rms_err * (double)(rows * K);
+    });
+    all.rms_err = std::sqrt(sum_sq / (double)(N * K));
+    if (stats) {
+      double r[4] = {all.max_abs_err, all.rms_err, all.max_err_step, (double)all.clamped};
+      std::memcpy(stats->buf->data, r, 32);
+    }
+  });
+}
+
+void op_dequantize(const Core& rt, Stream& s, const T& packed, const WeightFormat& f, int64_t N, int64_t K, const T& out) {
+  need_format(f, N, K);
+  need_packed(packed, f, N, K, "weights");
+  need(out, "out");
+  need_dtype(out, DType::f32, "out");
+  need_shape(out, {N, K}, "out");
+  s.enqueue("dequantize", [rt, packed, f, N, K, out] {
+    for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
+      PlainBuf pb(f.q, rows, K);
+      QPacked src{f.q, rows, K, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K)};
+      q_unpack(src, pb.p);
+      dequantize(pb.p, static_cast<float*>(out->buf->data) + n0 * K, K);
+    });
+  });
+}
+
+namespace {
+// The plain tensors' expected dtypes and shapes.
+void need_plain(const WeightFormat& f, int64_t N, int64_t K, const T& codes, const T& scales, const T& mins) {
+  const bool i4 = f.q.kind == QKind::int4;
+  const int64_t nb = q_num_blocks(f.q, K);
+  need(codes, "codes");
+  need_dtype(codes, i4 ? DType::u8 : DType::int8, "codes");
+  need_shape(codes, {N, i4 ? K / 2 : K}, "codes");
+  need(scales, "scales");
+  need_dtype(scales, f.q.scale_dtype, "scales");
+  need_shape(scales, {N, nb}, "scales");
+  if (i4 && f.q.asym) {
+    if (!mins) throw Error(Code::INVALID_ARG, "Expected a Tensor for mins (asymmetric int4) but received nothing", "mins");
+    need(mins, "mins");
+    need_dtype(mins, f.q.scale_dtype, "mins");
+    need_shape(mins, {N, nb}, "mins");
+  } else if (mins) {
+    throw Error(Code::INVALID_ARG, "Expected no mins (the format is symmetric) but received a Tensor", "mins");
+  }
+}
+QPlain plain_view(const WeightFormat& f, int64_t n0, int64_t rows, int64_t K, const T& codes, const T& scales, const T& mins) {
+  const size_t se = q_scale_elem_bytes(f.q), nb = (size_t)q_num_blocks(f.q, K);
+  QPlain p;
+  p.fmt = f.q; p.N = rows; p.K = K;
+  p.q = static_cast<uint8_t*>(codes->buf->data) + (size_t)n0 * (q_plain_q_bytes(f.q, 1, K));
+  p.scales = static_cast<uint8_t*>(scales->buf->data) + (size_t)n0 * nb * se;
+  p.mins = mins ? static_cast<uint8_t*>(mins->buf->data) + (size_t)n0 * nb * se : nullptr;
+  return p;
+}
+}  // namespace
+
+void op_qpack(const Core& rt, Stream& s, const T& codes, const T& scales, const T& mins, const WeightFormat& f,
+              int64_t N, int64_t K, const T& packed) {
+  need_format(f, N, K);
+  need_plain(f, N, K, codes, scales, mins);
+  need_packed(packed, f, N, K, "out");
+  s.enqueue("qpack", [rt, codes, scales, mins, f, N, K, packed] {
+    for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
+      q_repack(plain_view(f, n0, rows, K, codes, scales, mins),
+               static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+    });
+  });
+}
+
+void op_qunpack(const Core& rt, Stream& s, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
+                const T& codes, const T& scales, const T& mins) {
+  need_format(f, N, K);
+  need_packed(packed, f, N, K, "weights");
+  need_plain(f, N, K, codes, scales, mins);
+  s.enqueue("qunpack", [rt, codes, scales, mins, f, N, K, packed] {
+    for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
+      QPacked src{f.q, rows, K, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K)};
+      q_unpack(src, plain_view(f, n0, rows, K, codes, scales, mins));
+    });
+  });
+}
+
+void op_gguf_import(const Core& rt, Stream& s, int32_t type, const T& blocks, int64_t N, int64_t K, const T& packed) {
+  WeightFormat f;
+  f.q = gguf_native_format(type);  // throws E_UNSUPPORTED naming "type"
+  need_format(f, N, K);
+  need(blocks, "blocks");
+  need_dtype(blocks, DType::u8, "blocks");
+  const size_t row = gguf_row_bytes(type, K);
+  if (blocks->buf->bytes != row * (size_t)N)
+    throw Error(Code::SHAPE, "Expected " + std::to_string(row * (size_t)N) + " bytes of ggml type " + std::to_string(type) +
+                                 " blocks for [" + std::to_string(N) + ", " + std::to_string(K) + "] but received " +
+                                 std::to_string(blocks->buf->bytes), "blocks");
+  need_packed(packed, f, N, K, "out");
+  s.enqueue("ggufImport", [rt, type, blocks, f, N, K, packed, row] {
+    for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
+      PlainBuf pb(f.q, rows, K);
+      gguf_import(type, static_cast<const uint8_t*>(blocks->buf->data) + (size_t)n0 * row, row * (size_t)rows, rows, K, pb.p);
+      q_repack(pb.p, static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+    });
+  });
+}
+
+void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
+                const T& bias, const T& residual, const T& out) {
+  need(a, "a");
+  need_float(a, "a");
+  need_rank(a, 1, kMaxDims, "a");
+  need_format(f, N, K);
+  need_packed(packed, f, N, K, "weights");
+  if (a->shape.back() != K)
+    throw Error(Code::SHAPE, "Expected a.shape[-1] to be " + std::to_string(K) + " (K of the weights) but received " +
+                                 std::to_string(a->shape.back()), "a");
+  need(out, "out");
+  need_float(out, "out");
+  std::vector<int64_t> want(a->shape.begin(), a->shape.end() - 1);
+  want.push_back(N);
+  need_shape(out, want, "out");
+  if (bias) {
+    need(bias, "bias");
+    need_dtype(bias, DType::f32, "bias");
+    need_shape(bias, {N}, "bias");
+  }
+  if (residual) {
+    need(residual, "residual");
+    need_dtype(residual, out->dtype, "residual");
+    need_shape(residual, want, "residual");
+    if (residual->buf != out->buf && residual->buf->data == out->buf->data)
+      throw Error(Code::INVALID_ARG, "residual aliases out through a different tensor", "residual");
+  }
+  const int64_t M = out->numel() / N;
+  if (M == 0) return;
+  QGemmArgs g;
+  g.w = QPacked{f.q, N, K, static_cast<const uint8_t*>(packed->buf->data)};
+  g.a_dtype = a->dtype;
+  g.M = M;
+  g.A = a->buf->data;
+  g.lda = K;
+  g.c_dtype = out->dtype;
+  g.C = out->buf->data;
+  g.ldc = N;
+  g.bias = bias ? static_cast<const float*>(bias->buf->data) : nullptr;
+  g.residual = residual ? residual->buf->data : nullptr;
+  g.ldr = N;
+  qgemm_check(g, K);  // the kernel's own contract, checked once more here
+  auto fn = TY_DISPATCH(rt->isa, qgemm);
+  s.enqueue("qmatmul", [rt, a, packed, bias, residual, out, g, fn] { fn(g, rt->pool); });
+}
+
+}  // namespace ty::cpu

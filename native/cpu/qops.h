@@ -1,0 +1,42 @@
+// Tachyon CPU backend: op entry points for quantized weights (quantize, dequantize, pack,
+// unpack, GGUF import, quantized matmul). Framework-free, like ops.h: each function
+// validates on the caller's thread, naming the argument, then enqueues on the stream.
+//
+// A quantized weight travels as a u8 tensor holding the repacked bytes (tachyon/quant.h)
+// plus its format and logical shape [N, K], which the caller passes with every op. The
+// native side trusts none of it: the format is checked, and the tensor's byte size must
+// equal the packed size of (format, N, K). Any byte content is safe to compute on (the
+// kernels index nothing by weight data), so a corrupted tensor gives wrong numbers, never
+// an out-of-bounds access.
+#pragma once
+#include "ops.h"
+#include "tachyon/quant.h"
+
+namespace ty::cpu {
+
+struct WeightFormat {
+  QuantFormat q;
+};
+
+// Bytes of the repacked tensor; throws ty::Error naming "format" for an invalid format.
+size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K);
+
+// w: f32 [N, K] -> packed. stats (optional): u8 tensor of >= 32 bytes receiving
+// {max_abs_err, rms_err, max_err_step, clamped} as four f64.
+void op_quantize(const Core&, Stream&, const T& w, const WeightFormat& f, const T& packed, const T& stats);
+// packed -> f32 [N, K] (the value each code represents).
+void op_dequantize(const Core&, Stream&, const T& packed, const WeightFormat& f, int64_t N, int64_t K, const T& out);
+// Plain layout <-> packed. codes: int8 [N, K] (int8) or u8 [N, K/2] (int4, two per byte,
+// low nibble first); scales / mins: the format's scale dtype [N, blocks]; mins only for
+// asymmetric int4.
+void op_qpack(const Core&, Stream&, const T& codes, const T& scales, const T& mins, const WeightFormat& f,
+              int64_t N, int64_t K, const T& packed);
+void op_qunpack(const Core&, Stream&, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
+                const T& codes, const T& scales, const T& mins);
+// GGUF / ggml blocks (u8, N rows) -> packed weights of gguf_native_format(type).
+void op_gguf_import(const Core&, Stream&, int32_t ggml_type, const T& blocks, int64_t N, int64_t K, const T& packed);
+// out[..., N] = a[..., K] · Wᵀ (+ bias f32[N]) (+ residual, same shape and dtype as out).
+void op_qmatmul(const Core&, Stream&, const T& a, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
+                const T& bias, const T& residual, const T& out);
+
+}  // namespace ty::cpu

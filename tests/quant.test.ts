@@ -1,0 +1,333 @@
+/**
+ * Quantized weights on every ISA variant this CPU runs: quantize (codes and scales equal
+ * the reference construction exactly), dequantize, plain <-> packed round trips, error
+ * statistics, GGUF block import (bit-exact against ggml's dequantization), dense import,
+ * and the quantized matmul over every format and shape class against the float64
+ * reference (lib/ops/quant-reference.ts) under the tolerance model in helpers.ts.
+ */
+import { decode, encode, f32ToF16, FloatDType } from '../lib/runtime/dtype';
+import { KernelError } from '../lib/runtime/errors';
+import { loadRuntime, Runtime } from '../lib/runtime/runtime';
+import * as ops from '../lib/ops/index';
+import { QuantizedTensor, ResolvedQuantFormat } from '../lib/ops/quant';
+import * as qref from '../lib/ops/quant-reference';
+import { expectClose, isasToTest, randn, rng } from './helpers';
+
+const FORMATS: ResolvedQuantFormat[] = [
+  { kind: 'int8', group: 0, asym: false, scaleDtype: 'f32' },
+  { kind: 'int8', group: 32, asym: false, scaleDtype: 'f16' },
+  { kind: 'int8', group: 128, asym: false, scaleDtype: 'f32' },
+  { kind: 'int4', group: 32, asym: false, scaleDtype: 'f16' },
+  { kind: 'int4', group: 64, asym: true, scaleDtype: 'f32' },
+  { kind: 'int4', group: 128, asym: true, scaleDtype: 'f16' },
+  { kind: 'int4', group: 128, asym: false, scaleDtype: 'f32' },
+];
+const name = (f: ResolvedQuantFormat): string =>
+  `${f.kind} ${f.group === 0 ? 'per-channel' : 'g' + f.group}${f.asym ? ' asym' : ''} ${f.scaleDtype}`;
+
+/** A K that is valid for the format and not a multiple of 256 unless forced. */
+function kFor(f: ResolvedQuantFormat, want: number): number {
+  const g = f.group === 0 ? 1 : f.group;
+  return Math.max(g, Math.round(want / g) * g);
+}
+
+function f32Weights(n: number, k: number, seed: number): Float32Array {
+  // A mix of magnitudes per row, and an outlier now and then, as real weights have.
+  const r = rng(seed);
+  const w = new Float32Array(n * k);
+  for (let i = 0; i < n * k; i++) {
+    const row = Math.floor(i / k);
+    const scale = 0.02 * (1 + (row % 5));
+    w[i] = (r() * 2 - 1) * scale * (r() < 0.01 ? 8 : 1);
+  }
+  return w;
+}
+
+/** Index of the first element that differs (Object.is), or -1. */
+function firstDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return -2;
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return i;
+  return -1;
+}
+
+describe.each(isasToTest())('isa %s', (isa) => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ isa, threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  describe.each(FORMATS.map((f) => [name(f), f] as const))('%s', (_n, f) => {
+    test('quantize equals the reference construction; dequantize, unpack, pack round-trip', async () => {
+      for (const [n, kw] of [
+        [1, 32],
+        [17, 96],
+        [33, 416],
+        [100, 1056],
+      ]) {
+        const k = kFor(f, kw);
+        const wv = f32Weights(n, k, n * 31 + k);
+        const w = rt.tensor(wv, [n, k]);
+        const q = ops.quantize(w, f);
+        const ref = qref.quantize(wv, n, k, f);
+        const refDeq = qref.dequantize(ref, n, k);
+
+        // plain layout: codes and scales exactly as specified
+        const plain = q.unpack();
+        const raw = (await plain.codes.read()) as Int8Array | Uint8Array;
+        const codes = new Int32Array(n * k);
+        for (let i = 0; i < n * k; i++) {
+          if (f.kind === 'int8') codes[i] = (raw as Int8Array)[i];
+          else {
+            const byte = raw[Math.floor(i / 2)];
+            let v = i % 2 === 0 ? byte & 15 : byte >> 4;
+            if (!f.asym && v > 7) v -= 16;
+            codes[i] = v;
+          }
+        }
+        expect(firstDiff(codes, ref.codes)).toBe(-1);
+        expect(firstDiff(await plain.scales.toFloat32(), ref.scales)).toBe(-1);
+        if (ref.mins) expect(firstDiff(await plain.mins!.toFloat32(), ref.mins)).toBe(-1);
+        else expect(plain.mins).toBeUndefined();
+
+        // dequantize: the value every code represents, bit for bit
+        const deq = (await q.dequantize().read()) as Float32Array;
+        expect(Buffer.from(deq.buffer).equals(Buffer.from(refDeq.buffer))).toBe(true);
+
+        // pack(unpack(q)) gives the same bytes
+        const again = ops.packQuantized(plain, f, [n, k]);
+        const [b1, b2] = await Promise.all([q.packed.read(), again.packed.read()]);
+        expect(Buffer.from(b1.buffer).equals(Buffer.from(b2.buffer))).toBe(true);
+
+        // error statistics agree with a direct computation
+        const st = (await q.stats())!;
+        let maxErr = 0;
+        let sq = 0;
+        for (let i = 0; i < n * k; i++) {
+          const e = refDeq[i] - wv[i];
+          maxErr = Math.max(maxErr, Math.abs(e));
+          sq += e * e;
+        }
+        expect(st.maxAbsErr).toBe(maxErr);
+        expect(st.rmsErr).toBeCloseTo(Math.sqrt(sq / (n * k)), 12);
+        // round to nearest: within half a step unless the grid point was clamped
+        if (st.clamped === 0) expect(st.maxErrStep).toBeLessThanOrEqual(0.5 + 1e-6);
+
+        for (const t of [w, plain.codes, plain.scales, plain.mins]) t?.dispose();
+        q.dispose();
+        again.dispose();
+      }
+    });
+
+    const shapes: [number, number, number][] = [
+      [1, 1, 32],
+      [1, 33, 416],
+      [3, 17, 160],
+      [8, 100, 96],
+      [9, 33, 224],
+      [17, 31, 1056],
+      [64, 48, 288],
+      [600, 19, 160],
+    ];
+    test.each(shapes)(
+      'qmatmul M=%i N=%i K≈%i, f32/f16/bf16 activations and outputs',
+      async (m, n, kw) => {
+        const k = kFor(f, kw);
+        const wv = f32Weights(n, k, m + n + k);
+        const w = rt.tensor(wv, [n, k]);
+        const q = ops.quantize(w, f);
+        const plain = qref.quantize(wv, n, k, f);
+        // every activation dtype on the small shapes; f32 alone at M=600 (the kernel's dtype
+        // handling is per row, and the large case is there for the tiled path)
+        for (const dtype of (m >= 600 ? ['f32'] : ['f32', 'f16', 'bf16']) as FloatDType[]) {
+          const enc = encode(dtype, randn(m * k, m * 7 + k, 2));
+          const av = decode(dtype, enc);
+          const a = rt.tensor(enc, [m, k], { dtype });
+          const { out, absRef } = qref.qmatmul(av, m, k, plain, n);
+          for (const outDtype of ['f32', dtype] as FloatDType[]) {
+            const c = ops.qmatmul(a, q, { outDtype });
+            expectClose(decode(outDtype, await c.read()), out, outDtype, { absRef, k: k + 8 });
+            c.dispose();
+          }
+          a.dispose();
+        }
+        w.dispose();
+        q.dispose();
+      },
+    );
+
+    test('bias and residual epilogue (residual may be the output itself)', async () => {
+      const [m, n] = [5, 37];
+      const k = kFor(f, 192);
+      const wv = f32Weights(n, k, 99);
+      const w = rt.tensor(wv, [n, k]);
+      const q = ops.quantize(w, f);
+      const plain = qref.quantize(wv, n, k, f);
+      const av = Float32Array.from(randn(m * k, 5));
+      const bias = Float32Array.from(randn(n, 6));
+      const res = Float32Array.from(randn(m * n, 7));
+      const a = rt.tensor(av, [m, k]);
+      const b = rt.tensor(bias, [n]);
+      const r = rt.tensor(res, [m, n]);
+      const { out, absRef } = qref.qmatmul(av, m, k, plain, n, { bias, residual: res });
+      const c = ops.qmatmul(a, q, { bias: b, residual: r });
+      expectClose(await c.toFloat32(), out, 'f32', { absRef, k: k + 8 });
+      // in place: out = residual
+      ops.qmatmul(a, q, { bias: b, residual: r, out: r });
+      expectClose(await r.toFloat32(), out, 'f32', { absRef, k: k + 8 });
+      for (const t of [w, a, b, r, c]) t.dispose();
+      q.dispose();
+    });
+  });
+
+  test('leading batch dims fold into M; matmul() accepts a QuantizedTensor', async () => {
+    const f: ResolvedQuantFormat = { kind: 'int4', group: 32, asym: false, scaleDtype: 'f16' };
+    const [n, k] = [24, 64];
+    const wv = f32Weights(n, k, 3);
+    const q = ops.quantize(rt.tensor(wv, [n, k]), f);
+    const av = Float32Array.from(randn(2 * 3 * k, 4));
+    const a = rt.tensor(av, [2, 3, k]);
+    const c = ops.matmul(a, q);
+    expect(c.shape).toEqual([2, 3, n]);
+    const { out, absRef } = qref.qmatmul(av, 6, k, qref.quantize(wv, n, k, f), n);
+    expectClose(await c.toFloat32(), out, 'f32', { absRef, k: k + 8 });
+  });
+});
+
+describe('GGUF import', () => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  /** Hand-built ggml blocks: random finite f16 scales (incl. negative and subnormal) and codes. */
+  function blocks(type: number, n: number, k: number, seed: number): Uint8Array {
+    const r = rng(seed);
+    const bb = type === 2 ? 18 : type === 3 ? 20 : 34;
+    const data = new Uint8Array((n * k * bb) / 32);
+    const dv = new DataView(data.buffer);
+    const scales = [0.0123, -0.5, 3.0e-7, 0, 65504, 1e-3];
+    for (let b = 0; b < (n * k) / 32; b++) {
+      const o = b * bb;
+      for (let i = 0; i < bb; i++) data[o + i] = Math.floor(r() * 256);
+      dv.setUint16(o, f32ToF16(scales[b % scales.length] * (r() + 0.5)), true);
+      if (type === 3) dv.setUint16(o + 2, f32ToF16((r() - 0.5) * 2), true);
+    }
+    return data;
+  }
+
+  test.each([
+    ['Q4_0', 2],
+    ['Q4_1', 3],
+    ['Q8_0', 8],
+  ])('%s dequantizes to ggml values bit for bit, and multiplies', async (_n, type) => {
+    for (const [n, k] of [
+      [1, 32],
+      [17, 96],
+      [40, 256],
+    ]) {
+      const data = blocks(type, n, k, n * k + type);
+      const q = ops.importGguf(rt, type, data, [n, k]) as QuantizedTensor;
+      expect(q).toBeInstanceOf(QuantizedTensor);
+      expect(q.format).toEqual(ops.ggmlNativeFormat(type));
+      const want = qref.ggmlDequantize(type, data, n, k);
+      const got = (await q.dequantize().read()) as Float32Array;
+      expect(Buffer.from(got.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    }
+  });
+
+  test('F32, F16 and BF16 import with the same bits', async () => {
+    const r = rng(1);
+    const raw = new Uint8Array(4 * 8 * 4);
+    for (let i = 0; i < raw.length; i++) raw[i] = Math.floor(r() * 256);
+    for (const [type, dtype, bytes] of [
+      [0, 'f32', 4],
+      [1, 'f16', 2],
+      [30, 'bf16', 2],
+    ] as const) {
+      const data = raw.subarray(0, 4 * 8 * bytes);
+      const t = ops.importGguf(rt, type, data, [4, 8]);
+      expect(t).not.toBeInstanceOf(QuantizedTensor);
+      const got = (await (t as { read(): Promise<ArrayBufferView> }).read()) as Uint8Array;
+      expect(
+        Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(data)),
+      ).toBe(true);
+      expect((t as { dtype: string }).dtype).toBe(dtype);
+    }
+  });
+
+  test('wrong sizes and unknown types raise KernelError', () => {
+    expect(() => ops.importGguf(rt, 2, new Uint8Array(17), [1, 32])).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'blocks' }),
+    );
+    expect(() => ops.importGguf(rt, 99, new Uint8Array(18), [1, 32])).toThrow(
+      expect.objectContaining({ code: 'E_UNSUPPORTED', arg: 'type' }),
+    );
+    expect(() => ops.importGguf(rt, 0, new Uint8Array(3), [1, 1])).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'data' }),
+    );
+  });
+});
+
+describe('quantized bad input', () => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  test('a group that does not divide K, a mismatched K, wrong dtypes, disposed weights', async () => {
+    const w = rt.tensor(new Float32Array(4 * 48), [4, 48]);
+    expect(() => ops.quantize(w, { kind: 'int4', group: 32 })).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'format' }),
+    );
+    expect(() => ops.quantize(w, { kind: 'int4', group: 0 })).toThrow(
+      expect.objectContaining({ code: 'E_INVALID_ARG', arg: 'format' }),
+    );
+    expect(() => ops.quantize(w, { kind: 'int5' as 'int4' })).toThrow(KernelError);
+    expect(() => ops.quantize(w, { kind: 'int8', group: 48 as 32 })).toThrow(
+      expect.objectContaining({ arg: 'format' }),
+    );
+    const q = ops.quantize(w, { kind: 'int8', group: 0 });
+    const a = rt.tensor(new Float32Array(2 * 40), [2, 40]);
+    expect(() => ops.qmatmul(a, q)).toThrow(expect.objectContaining({ code: 'E_SHAPE', arg: 'a' }));
+    const ai = rt.tensor(new Int32Array(2 * 48), [2, 48], { dtype: 'i32' });
+    expect(() => ops.qmatmul(ai, q)).toThrow(
+      expect.objectContaining({ code: 'E_DTYPE', arg: 'a' }),
+    );
+    const a16 = rt.tensor(new Float32Array(2 * 48), [2, 48]);
+    const badBias = rt.tensor(new Float32Array(3), [3]);
+    expect(() => ops.qmatmul(a16, q, { bias: badBias })).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'bias' }),
+    );
+    const wrongOut = rt.empty([2, 5]);
+    expect(() => ops.qmatmul(a16, q, { out: wrongOut })).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'out' }),
+    );
+    expect(() =>
+      ops.quantize(rt.tensor(new Uint16Array(4 * 32), [4, 32], { dtype: 'f16' }), { kind: 'int8' }),
+    ).toThrow(expect.objectContaining({ code: 'E_DTYPE', arg: 'weights' }));
+    // packed bytes whose size does not match the claimed format/shape are refused natively
+    const forged = new QuantizedTensor(
+      { kind: 'int8', group: 0, asym: false, scaleDtype: 'f32' },
+      [400, 48],
+      q.packed,
+    );
+    expect(() => ops.qmatmul(a16, forged)).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'weights' }),
+    );
+    q.dispose();
+    expect(() => ops.qmatmul(a16, q)).toThrow(
+      expect.objectContaining({ code: 'E_DISPOSED', arg: 'weights' }),
+    );
+    // non-finite weights: the stream rejects with a KernelError, and later work still runs
+    const bad = rt.tensor(Float32Array.from([1, NaN, ...new Array(30).fill(0)]), [1, 32]);
+    const qb = ops.quantize(bad, { kind: 'int8', group: 32 });
+    await expect(rt.synchronize()).rejects.toMatchObject({ code: 'E_INVALID_ARG', arg: 'weights' });
+    rt.defaultStream.reset();
+    qb.dispose();
+    const ok = ops.quantize(w, { kind: 'int8', group: 0 });
+    await expect(ok.stats()).resolves.toBeDefined();
+  });
+});
