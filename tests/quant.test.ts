@@ -9,7 +9,9 @@ import { decode, encode, f32ToF16, FloatDType } from '../lib/runtime/dtype';
 import { KernelError } from '../lib/runtime/errors';
 import { loadRuntime, Runtime } from '../lib/runtime/runtime';
 import * as ops from '../lib/ops/index';
-import { QuantizedTensor, ResolvedQuantFormat } from '../lib/ops/quant';
+import { Fp8QuantFormat, IntQuantFormat, QuantizedTensor } from '../lib/ops/quant';
+
+type ResolvedQuantFormat = Required<IntQuantFormat>;
 import * as qref from '../lib/ops/quant-reference';
 import { expectClose, isasToTest, randn, rng } from './helpers';
 
@@ -330,4 +332,100 @@ describe('quantized bad input', () => {
     const ok = ops.quantize(w, { kind: 'int8', group: 0 });
     await expect(ok.stats()).resolves.toBeDefined();
   });
+});
+
+const FP8_FORMATS: Required<Fp8QuantFormat>[] = [
+  { kind: 'fp8e4m3', scaleBlock: 'channel', act: 'w8a16' },
+  { kind: 'fp8e4m3', scaleBlock: 'tensor', act: 'w8a8' },
+  { kind: 'fp8e4m3', scaleBlock: 'block128', act: 'w8a16' },
+  { kind: 'fp8e4m3', scaleBlock: 'block128', act: 'w8a8' },
+  { kind: 'fp8e5m2', scaleBlock: 'channel', act: 'w8a16' },
+  { kind: 'fp8e5m2', scaleBlock: 'block128', act: 'w8a8' },
+];
+
+describe('fp8 reference conversions (independent of the native code)', () => {
+  test('decode/encode agree on every code and round ties to even', () => {
+    for (const kind of ['fp8e4m3', 'fp8e5m2'] as const)
+      for (let c = 0; c < 256; c++) {
+        const v = qref.fp8Decode(kind, c);
+        if (Number.isFinite(v)) expect(qref.fp8Encode(kind, v) === c || v === 0).toBe(true);
+      }
+    // 1 + 1/16 lies halfway between 1 (code 0x38, even) and 1.125 (0x39): ties to even
+    expect(qref.fp8Encode('fp8e4m3', 1.0625)).toBe(0x38);
+    expect(qref.fp8Encode('fp8e4m3', 1000)).toBe(0x7e); // saturates to 448
+    expect(qref.fp8Encode('fp8e5m2', -1e9)).toBe(0xfb); // -57344
+  });
+});
+
+describe.each(isasToTest())('fp8 isa %s', (isa) => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ isa, threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  describe.each(FP8_FORMATS.map((f) => [`${f.kind} ${f.scaleBlock} ${f.act}`, f] as const))(
+    '%s',
+    (_n, f) => {
+      test('quantize equals the reference; dequantize bit-exact; unpack/pack round trip', async () => {
+        for (const [n, k] of [
+          [1, 1],
+          [17, 45],
+          [130, 300],
+        ]) {
+          const wv = f32Weights(n, k, n * 7 + k);
+          const w = rt.tensor(wv, [n, k]);
+          const q = ops.quantize(w, f);
+          const ref = qref.fp8Quantize(wv, n, k, f);
+          const plain = q.unpack();
+          expect(firstDiff((await plain.codes.read()) as Uint8Array, ref.codes)).toBe(-1);
+          expect(firstDiff(await plain.scales.toFloat32(), ref.scales)).toBe(-1);
+          const deq = (await q.dequantize().read()) as Float32Array;
+          expect(firstDiff(deq, qref.fp8Dequantize(ref, f.kind, n, k))).toBe(-1);
+          const again = ops.packQuantized(plain, f, [n, k]);
+          const [b1, b2] = await Promise.all([q.packed.read(), again.packed.read()]);
+          expect(Buffer.from(b1.buffer).equals(Buffer.from(b2.buffer))).toBe(true);
+          const st = (await q.stats())!;
+          // amax / max rounds in f32, so a granule's largest element can land a hair above
+          // the largest code and saturate (at most one per granule), with a tiny error
+          expect(st.clamped).toBeLessThanOrEqual(ref.scales.length);
+          expect(st.maxErrStep).toBeLessThanOrEqual(0.5 + 1e-6);
+          for (const t of [w, plain.codes, plain.scales]) t.dispose();
+          q.dispose();
+          again.dispose();
+        }
+      });
+
+      test.each([
+        [1, 1, 1],
+        [1, 33, 300],
+        [4, 17, 130],
+        [9, 40, 77],
+        [64, 35, 260],
+        [600, 19, 144],
+      ])('qmatmul M=%i N=%i K=%i', async (m, n, k) => {
+        const wv = f32Weights(n, k, m + n + k);
+        const w = rt.tensor(wv, [n, k]);
+        const q = ops.quantize(w, f);
+        const plain = qref.fp8Quantize(wv, n, k, f);
+        for (const dtype of (m >= 600 ? ['f32'] : ['f32', 'bf16']) as FloatDType[]) {
+          const enc = encode(dtype, randn(m * k, m * 3 + k, 2));
+          const av = decode(dtype, enc);
+          const a = rt.tensor(enc, [m, k], { dtype });
+          const bias = Float32Array.from(randn(n, 9));
+          const b = rt.tensor(bias, [n]);
+          const { out, absRef } = qref.fp8Qmatmul(av, m, k, plain, f, n, { bias });
+          for (const outDtype of ['f32', 'bf16'] as FloatDType[]) {
+            const c = ops.qmatmul(a, q, { outDtype, bias: b });
+            expectClose(decode(outDtype, await c.read()), out, outDtype, { absRef, k: k + 8 });
+            c.dispose();
+          }
+          a.dispose();
+          b.dispose();
+        }
+        w.dispose();
+        q.dispose();
+      });
+    },
+  );
 });

@@ -6,7 +6,10 @@
  * row and block as the kernels document, then exact products summed in float64).
  */
 import { f16ToF32, f32ToF16 } from '../runtime/dtype';
-import type { ResolvedQuantFormat } from './quant';
+import type { Fp8QuantFormat, IntQuantFormat } from './quant';
+
+type IntFormat = Required<IntQuantFormat>;
+type Fp8Format = Required<Fp8QuantFormat>;
 
 // Module-level aliases: inside jest's vm sandbox every `Math.x` lookup goes through the
 // sandbox's global object, which made these loops ~20x slower.
@@ -39,17 +42,12 @@ export interface PlainRef {
   groupLen: number;
 }
 
-export function blocksOf(f: ResolvedQuantFormat, k: number): { blocks: number; len: number } {
+export function blocksOf(f: IntFormat, k: number): { blocks: number; len: number } {
   return f.group === 0 ? { blocks: 1, len: k } : { blocks: k / f.group, len: f.group };
 }
 
 /** quantize() as docs/formats.md specifies it. `w` must hold f32 values. */
-export function quantize(
-  w: ArrayLike<number>,
-  n: number,
-  k: number,
-  f: ResolvedQuantFormat,
-): PlainRef {
+export function quantize(w: ArrayLike<number>, n: number, k: number, f: IntFormat): PlainRef {
   const { blocks, len } = blocksOf(f, k);
   const codes = new Int32Array(n * k);
   const scales = new Float32Array(n * blocks);
@@ -202,5 +200,162 @@ export function qmatmul(
       out[r * n + c] = acc;
       absRef[r * n + c] = absSum + (o.residual ? abs(o.residual[r * n + c]) : 0);
     }
+  return { out, absRef };
+}
+
+// ---- fp8 ------------------------------------------------------------------------------
+
+/** The value of an fp8 code, from the format definitions (OCP e4m3fn; IEEE-like e5m2). */
+export function fp8Decode(kind: 'fp8e4m3' | 'fp8e5m2', code: number): number {
+  const sign = code & 0x80 ? -1 : 1;
+  const [eb, mb, bias] = kind === 'fp8e4m3' ? [4, 3, 7] : [5, 2, 15];
+  const e = (code >> mb) & ((1 << eb) - 1);
+  const m = code & ((1 << mb) - 1);
+  if (kind === 'fp8e4m3' && e === 15 && m === 7) return NaN;
+  if (kind === 'fp8e5m2' && e === 31) return m === 0 ? sign * Infinity : NaN;
+  if (e === 0) return sign * m * 2 ** (1 - bias - mb);
+  return sign * (1 + m / (1 << mb)) * 2 ** (e - bias);
+}
+
+const fp8Tables = new Map<string, { values: Float64Array; codes: Int32Array }>();
+/** Finite non-negative values of a format, ascending, with their codes. */
+function fp8Table(kind: 'fp8e4m3' | 'fp8e5m2'): { values: Float64Array; codes: Int32Array } {
+  let t = fp8Tables.get(kind);
+  if (!t) {
+    const pairs: [number, number][] = [];
+    for (let c = 0; c < 128; c++) {
+      const v = fp8Decode(kind, c);
+      if (Number.isFinite(v)) pairs.push([v, c]);
+    }
+    pairs.sort((a, b) => a[0] - b[0]);
+    t = {
+      values: Float64Array.from(pairs.map((p) => p[0])),
+      codes: Int32Array.from(pairs.map((p) => p[1])),
+    };
+    fp8Tables.set(kind, t);
+  }
+  return t;
+}
+
+/**
+ * Round to the nearest fp8 value, ties to the even code, saturating to the largest finite
+ * value (NaN -> the NaN code 0x7f). Written as a search over the value table, not by bit
+ * manipulation, so it is independent of the native conversion.
+ */
+export function fp8Encode(kind: 'fp8e4m3' | 'fp8e5m2', x: number): number {
+  if (Number.isNaN(x)) return 0x7f;
+  const neg = x < 0 || Object.is(x, -0);
+  const a = abs(x);
+  const { values, codes } = fp8Table(kind);
+  let lo = 0;
+  let hi = values.length - 1;
+  if (a >= values[hi]) return codes[hi] | (neg ? 0x80 : 0);
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (values[mid] <= a) lo = mid;
+    else hi = mid;
+  }
+  const dl = a - values[lo];
+  const dh = values[hi] - a;
+  const pick = dl < dh ? lo : dh < dl ? hi : (codes[lo] & 1) === 0 ? lo : hi;
+  return codes[pick] | (neg ? 0x80 : 0);
+}
+
+export interface Fp8PlainRef {
+  codes: Uint8Array;
+  scales: Float32Array;
+  /** scale index of element (n, k) */
+  scaleAt: (n: number, k: number) => number;
+}
+
+/** fp8 quantize() as specified in tachyon/fp8.h: scale = amax / max per granule, code = RNE(w / scale). */
+export function fp8Quantize(w: ArrayLike<number>, n: number, k: number, f: Fp8Format): Fp8PlainRef {
+  const fmax = f.kind === 'fp8e4m3' ? 448 : 57344;
+  const nkb = Math.ceil(k / 128);
+  const scaleAt =
+    f.scaleBlock === 'tensor'
+      ? () => 0
+      : f.scaleBlock === 'channel'
+        ? (r: number) => r
+        : (r: number, c: number) => floor(r / 128) * nkb + floor(c / 128);
+  const nScales =
+    f.scaleBlock === 'tensor' ? 1 : f.scaleBlock === 'channel' ? n : Math.ceil(n / 128) * nkb;
+  const amax = new Float64Array(nScales);
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++) {
+      const s = scaleAt(r, c);
+      amax[s] = max(amax[s], abs(w[r * k + c]));
+    }
+  const scales = new Float32Array(nScales);
+  for (let s = 0; s < nScales; s++) {
+    let sc = amax[s] === 0 ? 1 : f32(amax[s] / fmax);
+    if (sc === 0) sc = 1.401298464324817e-45;
+    scales[s] = sc;
+  }
+  const codes = new Uint8Array(n * k);
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++)
+      codes[r * k + c] = fp8Encode(f.kind, f32(w[r * k + c] / scales[scaleAt(r, c)]));
+  return { codes, scales, scaleAt };
+}
+
+export function fp8Dequantize(
+  p: Fp8PlainRef,
+  kind: 'fp8e4m3' | 'fp8e5m2',
+  n: number,
+  k: number,
+): Float32Array {
+  const out = new Float32Array(n * k);
+  for (let r = 0; r < n; r++)
+    for (let c = 0; c < k; c++)
+      out[r * k + c] = f32(fp8Decode(kind, p.codes[r * k + c]) * p.scales[p.scaleAt(r, c)]);
+  return out;
+}
+
+/**
+ * fp8 matmul in float64: W8A16 uses the activations as they are; W8A8 quantizes each row
+ * to e4m3 first (amax/448 per row, as tachyon/fp8.h documents). absRef = Σ|a·w|.
+ */
+export function fp8Qmatmul(
+  a: ArrayLike<number>,
+  m: number,
+  k: number,
+  p: Fp8PlainRef,
+  f: Fp8Format,
+  n: number,
+  o: { bias?: ArrayLike<number>; residual?: ArrayLike<number> } = {},
+): { out: Float64Array; absRef: Float64Array } {
+  const act = new Float64Array(m * k);
+  for (let r = 0; r < m; r++) {
+    if (f.act === 'w8a16') {
+      for (let c = 0; c < k; c++) act[r * k + c] = a[r * k + c];
+      continue;
+    }
+    let amax = 0;
+    for (let c = 0; c < k; c++) amax = max(amax, abs(a[r * k + c]));
+    const sa = amax > 0 ? f32(amax / 448) : 0;
+    const inv = amax > 0 ? f32(448 / amax) : 0;
+    for (let c = 0; c < k; c++)
+      act[r * k + c] = sa * fp8Decode('fp8e4m3', fp8Encode('fp8e4m3', f32(a[r * k + c] * inv)));
+  }
+  const out = new Float64Array(m * n);
+  const absRef = new Float64Array(m * n);
+  for (let c = 0; c < n; c++) {
+    const wrow = new Float64Array(k);
+    for (let i = 0; i < k; i++)
+      wrow[i] = fp8Decode(f.kind, p.codes[c * k + i]) * p.scales[p.scaleAt(c, i)];
+    for (let r = 0; r < m; r++) {
+      let s = 0;
+      let sa = 0;
+      for (let i = 0; i < k; i++) {
+        s += act[r * k + i] * wrow[i];
+        sa += abs(act[r * k + i] * wrow[i]);
+      }
+      if (o.bias) s += o.bias[c];
+      if (o.residual) s += o.residual[r * n + c];
+      out[r * n + c] = s;
+      absRef[r * n + c] = sa + (o.residual ? abs(o.residual[r * n + c]) : 0);
+    }
+  }
   return { out, absRef };
 }

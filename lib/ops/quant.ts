@@ -13,11 +13,14 @@ import { binding, enqueue, OpOptions, optTensorArg, outArg, streamOf, tensorArg 
  * packing is done once, at quantize / import time; matmul reads it directly.
  */
 
-export type QuantKind = 'int8' | 'int4';
+export type QuantKind = 'int8' | 'int4' | 'fp8e4m3' | 'fp8e5m2';
 
-/** A quantized weight format. */
-export interface QuantFormat {
-  kind: QuantKind;
+/** A quantized weight format: integer or fp8. */
+export type QuantFormat = IntQuantFormat | Fp8QuantFormat;
+
+/** int8 / int4 weights with group scales (activations are quantized to int8 in the kernel). */
+export interface IntQuantFormat {
+  kind: 'int8' | 'int4';
   /**
    * Quantization group along K: 32, 64 or 128 elements share one scale. int8 also
    * allows 0, one scale per output channel. Default: 32.
@@ -29,8 +32,24 @@ export interface QuantFormat {
   scaleDtype?: 'f32' | 'f16';
 }
 
+/** fp8 weights with f32 scales. */
+export interface Fp8QuantFormat {
+  kind: 'fp8e4m3' | 'fp8e5m2';
+  /** Scale granularity: one per tensor, per output channel (default), or per 128×128 block. */
+  scaleBlock?: 'tensor' | 'channel' | 'block128';
+  /**
+   * 'w8a16' (default): activations used as they are (f32/f16/bf16). 'w8a8': each row of
+   * activations is quantized to e4m3 with its own scale first.
+   */
+  act?: 'w8a16' | 'w8a8';
+}
+
 /** A format with every field filled in. */
-export type ResolvedQuantFormat = Required<QuantFormat>;
+export type ResolvedQuantFormat = Required<IntQuantFormat> | Required<Fp8QuantFormat>;
+
+export function isFp8Format(f: QuantFormat): f is Fp8QuantFormat {
+  return f.kind === 'fp8e4m3' || f.kind === 'fp8e5m2';
+}
 
 /** Error statistics of a quantization, over all elements: err = dequantize(q) - w. */
 export interface QuantStats {
@@ -67,14 +86,21 @@ const GGML_DENSE: Record<number, FloatDType> = {
 export function resolveFormat(format: QuantFormat, op: string): ResolvedQuantFormat {
   if (typeof format !== 'object' || format === null)
     throw invalidArg(op, 'format', 'a format object', format);
-  const f: ResolvedQuantFormat = {
-    kind: format.kind,
-    group: format.group ?? 32,
-    asym: format.asym ?? false,
-    scaleDtype: format.scaleDtype ?? 'f16',
+  if (isFp8Format(format))
+    return {
+      kind: format.kind,
+      scaleBlock: format.scaleBlock ?? 'channel',
+      act: format.act ?? 'w8a16',
+    };
+  const g = format as IntQuantFormat;
+  const f: Required<IntQuantFormat> = {
+    kind: g.kind,
+    group: g.group ?? 32,
+    asym: g.asym ?? false,
+    scaleDtype: g.scaleDtype ?? 'f16',
   };
   if (f.kind !== 'int8' && f.kind !== 'int4')
-    throw invalidArg(op, 'format.kind', "'int8' or 'int4'", f.kind);
+    throw invalidArg(op, 'format.kind', "'int8', 'int4', 'fp8e4m3' or 'fp8e5m2'", f.kind);
   // group, asym and scaleDtype are checked natively against the shape (one rule, one place).
   return f;
 }
@@ -91,9 +117,12 @@ function shapeArg(shape: unknown, op: string): [number, number] {
 
 /** The plain layout: what importers produce and tests read. */
 export interface PlainQuantized {
-  /** int8: int8 [N, K]. int4: u8 [N, K/2], element k in byte k/2, low nibble first. */
+  /**
+   * int8: int8 [N, K]. int4: u8 [N, K/2], element k in byte k/2, low nibble first.
+   * fp8: fp8e4m3 / fp8e5m2 [N, K].
+   */
   codes: Tensor;
-  /** scaleDtype [N, blocks]. */
+  /** int: scaleDtype [N, blocks]. fp8: f32 [1], [N] or [ceil(N/128), ceil(K/128)]. */
   scales: Tensor;
   /** Asymmetric int4 only: scaleDtype [N, blocks]. */
   mins?: Tensor;
@@ -130,10 +159,6 @@ export class QuantizedTensor {
   /** Bytes of the packed weights (codes, scales and padding). */
   get bytes(): number {
     return this.packed.bytes;
-  }
-  /** Number of scale groups per row. */
-  get blocks(): number {
-    return this.format.group === 0 ? 1 : this.shape[1] / this.format.group;
   }
 
   /** The values the codes represent, as f32 [N, K]. */
@@ -191,6 +216,8 @@ export class QuantizedTensor {
   }
   toString(): string {
     const f = this.format;
+    if (isFp8Format(f))
+      return `QuantizedTensor(${f.kind} ${f.scaleBlock} scales ${f.act}, [${this.shape.join(', ')}])`;
     const g = f.group === 0 ? 'per-channel' : `g${f.group}`;
     return `QuantizedTensor(${f.kind} ${g}${f.asym ? ' asym' : ''} ${f.scaleDtype} scales, [${this.shape.join(', ')}])`;
   }
@@ -210,6 +237,15 @@ function allocPlain(
   f: ResolvedQuantFormat,
   [n, k]: readonly [number, number],
 ): PlainQuantized {
+  if (isFp8Format(f)) {
+    const sshape =
+      f.scaleBlock === 'tensor'
+        ? [1]
+        : f.scaleBlock === 'channel'
+          ? [n]
+          : [Math.ceil(n / 128), Math.ceil(k / 128)];
+    return { codes: rt.empty([n, k], f.kind), scales: rt.empty(sshape, 'f32') };
+  }
   const blocks = f.group === 0 ? 1 : k / f.group;
   const codes = f.kind === 'int4' ? rt.empty([n, k / 2], 'u8') : rt.empty([n, k], 'int8');
   const scales = rt.empty([n, blocks], f.scaleDtype);
@@ -387,9 +423,11 @@ export interface QMatmulOptions extends OpOptions {
 }
 
 /**
- * out[..., N] = a[..., K] · Wᵀ (+ bias) (+ residual) with quantized weights. Activations
- * (f32, f16 or bf16) are quantized per row and per group to int8 inside the kernel; the
- * integer dot products are exact (int32), scales are applied in f32.
+ * out[..., N] = a[..., K] · Wᵀ (+ bias) (+ residual) with quantized weights.
+ * Integer formats: activations (f32, f16 or bf16) are quantized per row and per group to
+ * int8 inside the kernel; the integer dot products are exact (int32), scales are applied
+ * in f32. fp8: W8A16 multiplies the activations as they are with the fp8 values in f32;
+ * W8A8 first quantizes each row of activations to e4m3 (per-row scale).
  */
 export function qmatmul(a: Tensor, w: QuantizedTensor, options: QMatmulOptions = {}): Tensor {
   a = tensorArg(a, 'qmatmul', 'a');

@@ -18,7 +18,7 @@ namespace ty::cpu {
 namespace {
 
 void need_format(const WeightFormat& f, int64_t N, int64_t K) {
-  const char* e = q_format_error(f.q, N, K);
+  const char* e = f.fp8 ? fp8_format_error(f.f8, N, K) : q_format_error(f.q, N, K);
   if (!e) return;
   Code c = Code::INVALID_ARG;
   if (std::strstr(e, "divide") || std::strstr(e, "positive") || std::strstr(e, "<=")) c = Code::SHAPE;
@@ -47,24 +47,61 @@ void need_shape(const T& t, std::vector<int64_t> want, const char* arg) {
   }
 }
 
-// Rows per chunk: whole panels, about 1 MiB of packed bytes, at least one panel.
-int64_t chunk_rows(const WeightFormat& f, int64_t N, int64_t K) {
-  const QPackedLayout L = q_packed_layout(f.q, kQPanel, K);
-  int64_t panels = std::max<int64_t>(1, (int64_t)((1 << 20) / std::max<size_t>(1, L.total)));
-  return std::min<int64_t>(N, panels * kQPanel);
+// Packed bytes of one 16-channel panel (both families use 16-channel panels).
+int64_t panel_bytes(const WeightFormat& f, int64_t K) {
+  static_assert(kQPanel == kFp8Panel, "one panel width");
+  return f.fp8 ? fp8_packed_layout(f.f8, kFp8Panel, K).panel_bytes : q_packed_layout(f.q, kQPanel, K).panel_bytes;
 }
 
-// Plain-layout scratch for `rows` rows.
+// Rows per chunk: whole panels (and whole scale granules: 128 rows for fp8 block scales,
+// all rows for one per-tensor scale), about 1 MiB of packed bytes.
+int64_t chunk_rows(const WeightFormat& f, int64_t N, int64_t K) {
+  if (f.fp8 && f.f8.scale == Fp8Scale::tensor) return N;
+  const int64_t unit = f.fp8 && f.f8.scale == Fp8Scale::block128 ? kFp8Block : kQPanel;
+  const int64_t units = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, panel_bytes(f, K) * (unit / kQPanel)));
+  return std::min<int64_t>(N, units * unit);
+}
+
+// Plain layout of `rows` rows: views of caller tensors, or owned scratch.
+struct Plain {
+  QPlain q;
+  Fp8Plain f8;
+};
 struct PlainBuf {
   std::vector<uint8_t> q, s, m;
-  QPlain p;
-  PlainBuf(const QuantFormat& f, int64_t rows, int64_t K)
-      : q(q_plain_q_bytes(f, rows, K)), s(q_plain_scale_bytes(f, rows, K)),
-        m(f.kind == QKind::int4 && f.asym ? q_plain_scale_bytes(f, rows, K) : 0) {
-    p.fmt = f; p.N = rows; p.K = K;
-    p.q = q.data(); p.scales = s.data(); p.mins = m.empty() ? nullptr : m.data();
+  Plain p;
+  PlainBuf(const WeightFormat& f, int64_t rows, int64_t K) {
+    if (f.fp8) {
+      q.resize(fp8_plain_code_bytes(rows, K));
+      s.resize(fp8_plain_scale_bytes(f.f8, rows, K));
+      p.f8.fmt = f.f8; p.f8.N = rows; p.f8.K = K;
+      p.f8.codes = q.data(); p.f8.scales = reinterpret_cast<float*>(s.data());
+      return;
+    }
+    q.resize(q_plain_q_bytes(f.q, rows, K));
+    s.resize(q_plain_scale_bytes(f.q, rows, K));
+    if (f.q.kind == QKind::int4 && f.q.asym) m.resize(q_plain_scale_bytes(f.q, rows, K));
+    p.q.fmt = f.q; p.q.N = rows; p.q.K = K;
+    p.q.q = q.data(); p.q.scales = s.data(); p.q.mins = m.empty() ? nullptr : m.data();
   }
 };
+
+// The family's functions on one chunk.
+QuantStats quantize_rows(const WeightFormat& f, const float* w, int64_t K, const Plain& p) {
+  return f.fp8 ? fp8_quantize(w, K, p.f8) : quantize(w, K, p.q);
+}
+void dequantize_rows(const WeightFormat& f, const Plain& p, float* w, int64_t K) {
+  if (f.fp8) fp8_dequantize(p.f8, w, K);
+  else dequantize(p.q, w, K);
+}
+void repack_rows(const WeightFormat& f, const Plain& p, uint8_t* out) {
+  if (f.fp8) fp8_repack(p.f8, out);
+  else q_repack(p.q, out);
+}
+void unpack_rows(const WeightFormat& f, const uint8_t* packed, int64_t rows, int64_t K, const Plain& p) {
+  if (f.fp8) fp8_unpack(Fp8Packed{f.f8, rows, K, packed}, p.f8);
+  else q_unpack(QPacked{f.q, rows, K, packed}, p.q);
+}
 
 // Runs fn(n0, rows) over panel-aligned row chunks on the pool. Errors thrown by a chunk
 // are re-thrown on the stream thread (first one wins) after all chunks finish.
@@ -86,14 +123,14 @@ void for_chunks(ThreadPool& pool, const WeightFormat& f, int64_t N, int64_t K, F
 }
 
 size_t panel_offset(const WeightFormat& f, int64_t n0, int64_t K) {
-  return (size_t)(n0 / kQPanel) * (size_t)q_packed_layout(f.q, kQPanel, K).panel_bytes;
+  return (size_t)(n0 / kQPanel) * (size_t)panel_bytes(f, K);
 }
 
 }  // namespace
 
 size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K) {
   need_format(f, N, K);
-  return q_packed_layout(f.q, N, K).total;
+  return f.fp8 ? fp8_packed_layout(f.f8, N, K).total : q_packed_layout(f.q, N, K).total;
 }
 
 void op_quantize(const Core& rt, Stream& s, const T& w, const WeightFormat& f, const T& packed, const T& stats) {
@@ -113,9 +150,9 @@ void op_quantize(const Core& rt, Stream& s, const T& w, const WeightFormat& f, c
     QuantStats all;
     double sum_sq = 0;
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
-      PlainBuf pb(f.q, rows, K);
-      QuantStats st = quantize(static_cast<const float*>(w->buf->data) + n0 * K, K, pb.p);
-      q_repack(pb.p, static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+      PlainBuf pb(f, rows, K);
+      QuantStats st = quantize_rows(f, static_cast<const float*>(w->buf->data) + n0 * K, K, pb.p);
+      repack_rows(f, pb.p, static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
       std::lock_guard<std::mutex> lk(mu);
       all.max_abs_err = std::max(all.max_abs_err, st.max_abs_err);
       all.max_err_step = std::max(all.max_err_step, st.max_err_step);
@@ -138,10 +175,9 @@ void op_dequantize(const Core& rt, Stream& s, const T& packed, const WeightForma
   need_shape(out, {N, K}, "out");
   s.enqueue("dequantize", [rt, packed, f, N, K, out] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
-      PlainBuf pb(f.q, rows, K);
-      QPacked src{f.q, rows, K, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K)};
-      q_unpack(src, pb.p);
-      dequantize(pb.p, static_cast<float*>(out->buf->data) + n0 * K, K);
+      PlainBuf pb(f, rows, K);
+      unpack_rows(f, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K), rows, K, pb.p);
+      dequantize_rows(f, pb.p, static_cast<float*>(out->buf->data) + n0 * K, K);
     });
   });
 }
@@ -149,12 +185,23 @@ void op_dequantize(const Core& rt, Stream& s, const T& packed, const WeightForma
 namespace {
 // The plain tensors' expected dtypes and shapes.
 void need_plain(const WeightFormat& f, int64_t N, int64_t K, const T& codes, const T& scales, const T& mins) {
+  need(codes, "codes");
+  need(scales, "scales");
+  if (f.fp8) {
+    need_dtype(codes, f.f8.dtype, "codes");
+    need_shape(codes, {N, K}, "codes");
+    need_dtype(scales, DType::f32, "scales");
+    const int64_t nkb = (K + kFp8Block - 1) / kFp8Block, nnb = (N + kFp8Block - 1) / kFp8Block;
+    need_shape(scales, f.f8.scale == Fp8Scale::tensor ? std::vector<int64_t>{1}
+                       : f.f8.scale == Fp8Scale::channel ? std::vector<int64_t>{N}
+                                                         : std::vector<int64_t>{nnb, nkb}, "scales");
+    if (mins) throw Error(Code::INVALID_ARG, "Expected no mins (fp8 has none) but received a Tensor", "mins");
+    return;
+  }
   const bool i4 = f.q.kind == QKind::int4;
   const int64_t nb = q_num_blocks(f.q, K);
-  need(codes, "codes");
   need_dtype(codes, i4 ? DType::u8 : DType::int8, "codes");
   need_shape(codes, {N, i4 ? K / 2 : K}, "codes");
-  need(scales, "scales");
   need_dtype(scales, f.q.scale_dtype, "scales");
   need_shape(scales, {N, nb}, "scales");
   if (i4 && f.q.asym) {
@@ -166,13 +213,23 @@ void need_plain(const WeightFormat& f, int64_t N, int64_t K, const T& codes, con
     throw Error(Code::INVALID_ARG, "Expected no mins (the format is symmetric) but received a Tensor", "mins");
   }
 }
-QPlain plain_view(const WeightFormat& f, int64_t n0, int64_t rows, int64_t K, const T& codes, const T& scales, const T& mins) {
+// Views of rows [n0, n0 + rows) of the plain tensors (chunks are whole scale granules).
+Plain plain_view(const WeightFormat& f, int64_t n0, int64_t rows, int64_t K, const T& codes, const T& scales, const T& mins) {
+  Plain p;
+  if (f.fp8) {
+    p.f8.fmt = f.f8; p.f8.N = rows; p.f8.K = K;
+    p.f8.codes = static_cast<uint8_t*>(codes->buf->data) + (size_t)n0 * K;
+    const int64_t s0 = f.f8.scale == Fp8Scale::tensor ? 0
+                       : f.f8.scale == Fp8Scale::channel ? n0
+                                                         : (n0 / kFp8Block) * ((K + kFp8Block - 1) / kFp8Block);
+    p.f8.scales = static_cast<float*>(scales->buf->data) + s0;
+    return p;
+  }
   const size_t se = q_scale_elem_bytes(f.q), nb = (size_t)q_num_blocks(f.q, K);
-  QPlain p;
-  p.fmt = f.q; p.N = rows; p.K = K;
-  p.q = static_cast<uint8_t*>(codes->buf->data) + (size_t)n0 * (q_plain_q_bytes(f.q, 1, K));
-  p.scales = static_cast<uint8_t*>(scales->buf->data) + (size_t)n0 * nb * se;
-  p.mins = mins ? static_cast<uint8_t*>(mins->buf->data) + (size_t)n0 * nb * se : nullptr;
+  p.q.fmt = f.q; p.q.N = rows; p.q.K = K;
+  p.q.q = static_cast<uint8_t*>(codes->buf->data) + (size_t)n0 * (q_plain_q_bytes(f.q, 1, K));
+  p.q.scales = static_cast<uint8_t*>(scales->buf->data) + (size_t)n0 * nb * se;
+  p.q.mins = mins ? static_cast<uint8_t*>(mins->buf->data) + (size_t)n0 * nb * se : nullptr;
   return p;
 }
 }  // namespace
@@ -184,8 +241,8 @@ void op_qpack(const Core& rt, Stream& s, const T& codes, const T& scales, const 
   need_packed(packed, f, N, K, "out");
   s.enqueue("qpack", [rt, codes, scales, mins, f, N, K, packed] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
-      q_repack(plain_view(f, n0, rows, K, codes, scales, mins),
-               static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+      repack_rows(f, plain_view(f, n0, rows, K, codes, scales, mins),
+                  static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
     });
   });
 }
@@ -197,8 +254,8 @@ void op_qunpack(const Core& rt, Stream& s, const T& packed, const WeightFormat& 
   need_plain(f, N, K, codes, scales, mins);
   s.enqueue("qunpack", [rt, codes, scales, mins, f, N, K, packed] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
-      QPacked src{f.q, rows, K, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K)};
-      q_unpack(src, plain_view(f, n0, rows, K, codes, scales, mins));
+      unpack_rows(f, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K), rows, K,
+                  plain_view(f, n0, rows, K, codes, scales, mins));
     });
   });
 }
@@ -217,9 +274,9 @@ void op_gguf_import(const Core& rt, Stream& s, int32_t type, const T& blocks, in
   need_packed(packed, f, N, K, "out");
   s.enqueue("ggufImport", [rt, type, blocks, f, N, K, packed, row] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
-      PlainBuf pb(f.q, rows, K);
-      gguf_import(type, static_cast<const uint8_t*>(blocks->buf->data) + (size_t)n0 * row, row * (size_t)rows, rows, K, pb.p);
-      q_repack(pb.p, static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+      PlainBuf pb(f, rows, K);
+      gguf_import(type, static_cast<const uint8_t*>(blocks->buf->data) + (size_t)n0 * row, row * (size_t)rows, rows, K, pb.p.q);
+      q_repack(pb.p.q, static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
     });
   });
 }
@@ -253,6 +310,25 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
   }
   const int64_t M = out->numel() / N;
   if (M == 0) return;
+  if (f.fp8) {
+    Fp8GemmArgs g;
+    g.w = Fp8Packed{f.f8, N, K, static_cast<const uint8_t*>(packed->buf->data)};
+    g.a_dtype = a->dtype;
+    g.act = f.act;
+    g.M = M;
+    g.A = a->buf->data;
+    g.lda = K;
+    g.c_dtype = out->dtype;
+    g.C = out->buf->data;
+    g.ldc = N;
+    g.bias = bias ? static_cast<const float*>(bias->buf->data) : nullptr;
+    g.residual = residual ? residual->buf->data : nullptr;
+    g.ldr = N;
+    fp8gemm_check(g, K);
+    auto fn = TY_DISPATCH(rt->isa, fp8gemm);
+    s.enqueue("qmatmul", [rt, a, packed, bias, residual, out, g, fn] { fn(g, rt->pool); });
+    return;
+  }
   QGemmArgs g;
   g.w = QPacked{f.q, N, K, static_cast<const uint8_t*>(packed->buf->data)};
   g.a_dtype = a->dtype;

@@ -10,12 +10,19 @@
 // an out-of-bounds access.
 #pragma once
 #include "ops.h"
+#include "tachyon/fp8.h"
 #include "tachyon/quant.h"
 
 namespace ty::cpu {
 
+// One of the two weight families: integer (int8 / int4 and their GGUF forms, quant.h) or
+// fp8 (e4m3 / e5m2 with tensor, channel or 128x128 block scales, fp8.h). `act` selects
+// how an fp8 matmul treats the activations (as they are, or quantized to e4m3).
 struct WeightFormat {
+  bool fp8 = false;
   QuantFormat q;
+  Fp8Format f8;
+  Fp8Act act = Fp8Act::w8a16;
 };
 
 // Bytes of the repacked tensor; throws ty::Error naming "format" for an invalid format.
@@ -26,9 +33,10 @@ size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K);
 void op_quantize(const Core&, Stream&, const T& w, const WeightFormat& f, const T& packed, const T& stats);
 // packed -> f32 [N, K] (the value each code represents).
 void op_dequantize(const Core&, Stream&, const T& packed, const WeightFormat& f, int64_t N, int64_t K, const T& out);
-// Plain layout <-> packed. codes: int8 [N, K] (int8) or u8 [N, K/2] (int4, two per byte,
-// low nibble first); scales / mins: the format's scale dtype [N, blocks]; mins only for
-// asymmetric int4.
+// Plain layout <-> packed. Integer: codes int8 [N, K] (int8) or u8 [N, K/2] (int4, two
+// per byte, low nibble first); scales / mins: the format's scale dtype [N, blocks]; mins
+// only for asymmetric int4. fp8: codes fp8e4m3/fp8e5m2 [N, K]; scales f32 [1] (tensor),
+// [N] (channel) or [ceil(N/128), ceil(K/128)] (block128); no mins.
 void op_qpack(const Core&, Stream&, const T& codes, const T& scales, const T& mins, const WeightFormat& f,
               int64_t N, int64_t K, const T& packed);
 void op_qunpack(const Core&, Stream&, const T& packed, const WeightFormat& f, int64_t N, int64_t K,

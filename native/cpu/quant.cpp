@@ -111,7 +111,7 @@ QuantStats kq_quantize(const float* w, int64_t ldw, const QPlain& out) {
     for (int64_t b = 0; b < nsb; ++b) {
       // 1. per sub-block real-valued scale (and min), 2. the f16 super-block scales,
       // 3. integer sub-scales against the stored super scales.
-      float s[16], mn[16];
+      float s[16], mn[16], top[16];
       float smax = 0, sabs = 0, nmax = 0;
       for (int64_t j = 0; j < per; ++j) {
         const float* x = row + b * kQSuper + j * L;
@@ -120,6 +120,7 @@ QuantStats kq_quantize(const float* w, int64_t ldw, const QPlain& out) {
           for (int64_t i = 0; i < L; ++i) { lo = std::fmin(lo, x[i]); hi = std::fmax(hi, x[i]); }
           s[j] = (hi - lo) / 15.0f;
           mn[j] = -lo;
+          top[j] = hi;
           smax = std::fmax(smax, s[j]);
           nmax = std::fmax(nmax, mn[j]);
         } else {
@@ -127,6 +128,7 @@ QuantStats kq_quantize(const float* w, int64_t ldw, const QPlain& out) {
           for (int64_t i = 0; i < L; ++i)
             if (std::fabs(x[i]) > a) { a = std::fabs(x[i]); v = x[i]; }
           s[j] = v / -32.0f;
+          top[j] = v;
           if (std::fabs(s[j]) > sabs) { sabs = std::fabs(s[j]); smax = s[j]; }
         }
       }
@@ -147,13 +149,21 @@ QuantStats kq_quantize(const float* w, int64_t ldw, const QPlain& out) {
       }
       for (int64_t j = 0; j < per; ++j) {
         const int64_t js = b * per + j;
+        // Nearest integer sub-scale / min, moved one step outwards when the nearest one
+        // would clip the sub-block's extreme (min / max for q4k, v_j for q6k).
         if (q4) {
-          const float sc = d > 0 ? std::fmin(63.0f, std::fmax(0.0f, std::nearbyint(s[j] / d))) : 0.0f;
-          const float m = dmin > 0 ? std::fmin(63.0f, std::fmax(0.0f, std::nearbyint(mn[j] / dmin))) : 0.0f;
+          float m = dmin > 0 ? std::fmin(63.0f, std::fmax(0.0f, std::nearbyint(mn[j] / dmin))) : 0.0f;
+          if (m < 63.0f && dmin * m < mn[j]) m += 1.0f;
+          const float need = (top[j] + dmin * m) / 15.0f;  // step that reaches the max with q = 15
+          float sc = d > 0 ? std::fmin(63.0f, std::fmax(0.0f, std::nearbyint(need / d))) : 0.0f;
+          if (d > 0 && sc < 63.0f && d * sc < need) sc += 1.0f;
           static_cast<uint8_t*>(out.scales)[n * ns + js] = (uint8_t)sc;
           static_cast<uint8_t*>(out.mins)[n * ns + js] = (uint8_t)m;
         } else {
-          const float sc = d != 0 ? std::fmin(127.0f, std::fmax(-128.0f, std::nearbyint(s[j] / d))) : 0.0f;
+          float sc = d != 0 ? std::fmin(127.0f, std::fmax(-128.0f, std::nearbyint(s[j] / d))) : 0.0f;
+          // v_j maps to -32 * (s_j/d) / sc: keep |sc| >= |s_j/d| so it stays within -32
+          if (d != 0 && std::fabs(d * sc * 32.0f) < std::fabs(top[j])) sc += (s[j] / d > 0 ? 1.0f : -1.0f);
+          sc = std::fmin(127.0f, std::fmax(-128.0f, sc));
           static_cast<int8_t*>(out.scales)[n * ns + js] = (int8_t)sc;
         }
         const KqSub sub = kq_sub(out, n, js);

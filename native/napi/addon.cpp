@@ -513,17 +513,34 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   });
 }
 
-// Quantized weights. A format arrives as a plain object {kind, group, asym, scaleDtype};
-// every field is checked here, and the format as a whole by the op.
+// Quantized weights. A format arrives as a plain object: {kind: 'int8'|'int4', group,
+// asym, scaleDtype} or {kind: 'fp8e4m3'|'fp8e5m2', scaleBlock, act}; every field is
+// checked here, and the format as a whole (against the shape) by the op.
+std::string str_field(Napi::Object o, const char* key) {
+  Napi::Value v = o.Get(key);
+  return v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+}
 cpu::WeightFormat format_arg(Napi::Value v, const char* arg) {
   if (!v.IsObject()) bad(arg, "a format object", v);
   Napi::Object o = v.As<Napi::Object>();
   cpu::WeightFormat f;
-  Napi::Value kind = o.Get("kind");
-  std::string k = kind.IsString() ? kind.As<Napi::String>().Utf8Value() : "";
+  const std::string k = str_field(o, "kind");
+  if (k == "fp8e4m3" || k == "fp8e5m2") {
+    f.fp8 = true;
+    f.f8.dtype = k == "fp8e4m3" ? DType::fp8e4m3 : DType::fp8e5m2;
+    const std::string sb = str_field(o, "scaleBlock"), act = str_field(o, "act");
+    if (sb == "tensor") f.f8.scale = Fp8Scale::tensor;
+    else if (sb == "channel") f.f8.scale = Fp8Scale::channel;
+    else if (sb == "block128") f.f8.scale = Fp8Scale::block128;
+    else bad("format.scaleBlock", "'tensor', 'channel' or 'block128'", o.Get("scaleBlock"));
+    if (act == "w8a16") f.act = Fp8Act::w8a16;
+    else if (act == "w8a8") f.act = Fp8Act::w8a8;
+    else bad("format.act", "'w8a16' or 'w8a8'", o.Get("act"));
+    return f;
+  }
   if (k == "int8") f.q.kind = QKind::int8;
   else if (k == "int4") f.q.kind = QKind::int4;
-  else bad("format.kind", "'int8' or 'int4'", kind);
+  else bad("format.kind", "'int8', 'int4', 'fp8e4m3' or 'fp8e5m2'", o.Get("kind"));
   f.q.group = (int32_t)integer(o.Get("group"), "format.group", 0, 1 << 20);
   f.q.asym = boolean(o.Get("asym"), "format.asym");
   f.q.scale_dtype = dtype_arg(o.Get("scaleDtype"), "format.scaleDtype");

@@ -147,6 +147,8 @@ int main(int argc, char** argv) {
       {"int4-g32(Q4_0)", qf(QKind::int4, 32, false, DType::f16)},
       {"int4a-g32(Q4_1)", qf(QKind::int4, 32, true, DType::f16)},
       {"int4-g128", qf(QKind::int4, 128, false, DType::f16)},
+      {"q4k(Q4_K)", qf(QKind::q4k, 256, false, DType::f16)},
+      {"q6k(Q6_K)", qf(QKind::q6k, 256, false, DType::f16)},
   };
   std::vector<int64_t> Ms;
   for (size_t p = 0; p < m_sel.size();) { size_t q = m_sel.find(',', p); Ms.push_back(std::atoll(m_sel.substr(p, q - p).c_str())); p = q == std::string::npos ? m_sel.size() : q + 1; }
@@ -168,8 +170,12 @@ int main(int argc, char** argv) {
       if (q_format_error(f, N, K)) { std::printf("%-16s %6lld %6lld  skipped: %s\n", F.name, (long long)N, (long long)K, q_format_error(f, N, K)); continue; }
       const QPackedLayout L = q_packed_layout(f, N, K);
       // One quantized copy, replicated so small-M calls stream from DRAM.
-      std::vector<uint8_t> q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), mn(f.asym ? s.size() : 0);
-      QPlain plain; plain.fmt = f; plain.N = N; plain.K = K; plain.q = q.data(); plain.scales = s.data(); plain.mins = f.asym ? mn.data() : nullptr;
+      std::vector<uint8_t> q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), mn(q_plain_min_bytes(f, N, K)),
+          sd(q_plain_super_bytes(f, N, K)), sm(f.kind == QKind::q4k ? q_plain_super_bytes(f, N, K) : 0);
+      QPlain plain; plain.fmt = f; plain.N = N; plain.K = K; plain.q = q.data(); plain.scales = s.data();
+      plain.mins = mn.empty() ? nullptr : mn.data();
+      plain.super_d = sd.empty() ? nullptr : sd.data();
+      plain.super_dmin = sm.empty() ? nullptr : sm.data();
       {
         std::vector<float> w((size_t)N * K);
         std::normal_distribution<float> nd(0, 0.02f);

@@ -41,12 +41,16 @@ static int g_fail = 0, g_pass = 0;
   } while (0)
 
 struct PlainBuf {
-  std::vector<uint8_t> q, s, m;
+  std::vector<uint8_t> q, s, m, sd, sm;
   QPlain p;
   PlainBuf(const QuantFormat& f, int64_t N, int64_t K)
-      : q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), m(f.asym ? q_plain_scale_bytes(f, N, K) : 0) {
-    p.fmt = f; p.N = N; p.K = K; p.q = q.data(); p.scales = s.data(); p.mins = f.asym ? m.data() : nullptr;
+      : q(q_plain_q_bytes(f, N, K)), s(q_plain_scale_bytes(f, N, K)), m(q_plain_min_bytes(f, N, K)),
+        sd(q_plain_super_bytes(f, N, K)), sm(f.kind == QKind::q4k ? q_plain_super_bytes(f, N, K) : 0) {
+    p.fmt = f; p.N = N; p.K = K; p.q = q.data(); p.scales = s.data(); p.mins = m.empty() ? nullptr : m.data();
+    p.super_d = sd.empty() ? nullptr : sd.data();
+    p.super_dmin = sm.empty() ? nullptr : sm.data();
   }
+  bool same(const PlainBuf& o) const { return q == o.q && s == o.s && m == o.m && sd == o.sd && sm == o.sm; }
 };
 struct Aligned {
   void* raw; uint8_t* p;
@@ -56,6 +60,8 @@ struct Aligned {
 };
 
 static std::string fmt_name(const QuantFormat& f) {
+  if (f.kind == QKind::q4k) return "q4k";
+  if (f.kind == QKind::q6k) return "q6k";
   std::string s = f.kind == QKind::int8 ? "int8" : (f.asym ? "int4a" : "int4s");
   s += f.group ? "-g" + std::to_string(f.group) : "-pc";
   s += f.scale_dtype == DType::f16 ? "-f16" : "-f32";
@@ -348,8 +354,9 @@ static void test_silu(std::vector<Isa>& isas) {
 // ---- layout and bad arguments ---------------------------------------------------------------
 static void test_layout(std::mt19937& rng) {
   for (const QuantFormat& f : {qf(QKind::int8, 0, false, DType::f32), qf(QKind::int8, 32, false, DType::f16),
-                               qf(QKind::int4, 32, false, DType::f16), qf(QKind::int4, 64, true, DType::f32)}) {
-    const int64_t F = 37, K = f.group ? 3 * f.group : 45;
+                               qf(QKind::int4, 32, false, DType::f16), qf(QKind::int4, 64, true, DType::f32),
+                               qf(QKind::q4k, 256, false, DType::f16), qf(QKind::q6k, 256, false, DType::f16)}) {
+    const int64_t F = 37, K = f.group ? (f.group == 256 ? 512 : 3 * f.group) : 45;
     PlainBuf g(f, F, K), u(f, F, K);
     rand_plain(rng, g); rand_plain(rng, u);
     const QPackedLayout L = q_packed_layout(f, F, K), L2 = q_gate_up_layout(f, F, K);
@@ -365,8 +372,7 @@ static void test_layout(std::mt19937& rng) {
     PlainBuf g2(f, F, K), u2(f, F, K);
     QPacked in; in.fmt = f; in.N = F; in.K = K; in.data = pk.p;
     q_unpack_gate_up(in, g2.p, u2.p);
-    CHECK(g.q == g2.q && g.s == g2.s && g.m == g2.m && u.q == u2.q && u.s == u2.s && u.m == u2.m,
-          "%s: gate/up round trip differs", fmt_name(f).c_str());
+    CHECK(g.same(g2) && u.same(u2), "%s: gate/up round trip differs", fmt_name(f).c_str());
   }
 }
 
@@ -544,7 +550,8 @@ int main(int argc, char** argv) {
   const std::vector<QuantFormat> fmts = {
       qf(QKind::int8, 0, false, DType::f32), qf(QKind::int8, 32, false, DType::f16),
       qf(QKind::int4, 32, false, DType::f16), qf(QKind::int4, 64, true, DType::f32),
-      qf(QKind::int4, 128, false, DType::f16), qf(QKind::int4, 32, true, DType::f16)};
+      qf(QKind::int4, 128, false, DType::f16), qf(QKind::int4, 32, true, DType::f16),
+      qf(QKind::q4k, 256, false, DType::f16), qf(QKind::q6k, 256, false, DType::f16)};
   const DType dts[3] = {DType::f32, DType::f16, DType::bf16};
   uint32_t seed = 1;
   int cases = 0;
@@ -553,7 +560,7 @@ int main(int argc, char** argv) {
   for (size_t fi = 0; fi < fmts.size(); ++fi) {
     const QuantFormat& f = fmts[fi];
     const int64_t G = f.group ? f.group : 32;
-    const int64_t K = f.group ? G * (fi % 2 ? 3 : 2) : 99;  // per channel: K not a multiple of 4
+    const int64_t K = f.group ? G * (G == 256 ? (fi % 2 ? 2 : 1) : (fi % 2 ? 3 : 2)) : 99;  // per channel: K % 4 != 0
     for (int64_t M : Ms) {
       if (quick && M >= 600 && fi % 2) continue;
       for (int64_t F : {33, 100}) {
@@ -565,16 +572,16 @@ int main(int argc, char** argv) {
   }
   if (!quick) {  // long K
     swiglu_case(isas, pool, fmts[1], 5, 47, 2048, DType::f32, DType::f32, true, seed++, false), ++cases;
-    swiglu_case(isas, pool, fmts[2], 70, 47, 2048, DType::bf16, DType::f16, false, seed++, false), ++cases;
+    swiglu_case(isas, pool, fmts[2], 70, 47, 2048, DType::bf16, DType::bf16, false, seed++, false), ++cases;
   }
   std::printf("  %d swiglu cases (%.1f s)\n", cases, now() - t_start);
 
   std::printf("grouped:\n");
   int gcases = 0;
   for (size_t fi = 0; fi < fmts.size(); ++fi) {
-    if (quick && fi >= 4) break;
+    if (quick && (fi == 4 || fi == 5)) continue;
     const QuantFormat& f = fmts[fi];
-    const int64_t K = f.group ? f.group * 2 : 67;
+    const int64_t K = f.group ? f.group * (f.group == 256 ? 1 : 2) : 67;
     for (bool sw : {false, true}) {
       const int64_t N = sw ? 33 : 45;
       auto dt = [&](int i) { return dts[(seed + i) % 3]; };
@@ -590,7 +597,7 @@ int main(int argc, char** argv) {
       grouped_case(isas, pool, f, sw, 8, quick ? 60 : 150, 2, 0.45, emp, N, K, dt(0), dt(1), seed % 2, seed, "E8-skew"), ++seed, ++gcases;
       // duplicates inside one segment as well
       grouped_case(isas, pool, f, sw, 3, 12, 2, 0.8, {false, false, false}, N, K, dt(0), dt(1), seed % 2, seed, "E3-dup", 3), ++seed, ++gcases;
-      if (!quick && fi < 3)
+      if (!quick && (fi < 3 || fi == 6))
         grouped_case(isas, pool, f, sw, 8, 300, 2, 0.6, std::vector<bool>(8, false), N + 64, K * 4, dt(0), dt(1), seed % 2, seed, "E8-big"), ++seed, ++gcases;
     }
   }

@@ -249,11 +249,14 @@ void q_format_check(const QuantFormat& f, int64_t N, int64_t K);
 //   q4k (per super-block; a simple one-pass construction, not llama.cpp's search):
 //              per sub-block j: lo_j = min(0, min w), s_j = (max w - lo_j)/15, n_j = -lo_j;
 //              d = f16(max_j s_j / 63), dmin = f16(max_j n_j / 63);
-//              sc_j = clamp(rne(s_j/d), 0, 63), m_j = clamp(rne(n_j/dmin), 0, 63);
+//              m_j = rne(n_j/dmin), sc_j = rne(s'_j/d) with s'_j = (max w + dmin*m_j)/15,
+//              each moved one step up when the nearest value would clip the sub-block's
+//              min / max, then clamped to [0, 63];
 //              q = the code in [0, 15] whose dequantized value is nearest to w.
 //   q6k:       per sub-block j: v_j = the element of largest |w|, s_j = v_j / -32;
 //              d = f16(s_max / -128) (s_max: the s_j of largest |s_j|),
-//              sc_j = clamp(rne(s_j/d), -128, 127), q = the nearest code in [-32, 31].
+//              sc_j = rne(s_j/d), moved one step outwards when v_j would clip at -32,
+//              clamped to [-128, 127]; q = the nearest code in [-32, 31].
 //   (For the K-quants "clamped" counts elements whose rne(w/step) lay outside the codes;
 //   max_err_step is relative to the sub-block step d*sc_j.)
 QuantStats quantize(const float* w, int64_t ldw, const QPlain& out);
