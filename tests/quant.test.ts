@@ -429,3 +429,127 @@ describe.each(isasToTest())('fp8 isa %s', (isa) => {
     },
   );
 });
+
+describe.each(isasToTest())('fused SwiGLU and grouped (MoE) isa %s', (isa) => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ isa, threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  const silu = (x: number): number => x / (1 + Math.exp(-x));
+  /** silu(g)·u with the error scale of both operands (|d silu/dx| <= 1.1). */
+  function swigluRef(
+    g: { out: Float64Array; absRef: Float64Array },
+    u: { out: Float64Array; absRef: Float64Array },
+  ): { out: Float64Array; absRef: Float64Array } {
+    const out = new Float64Array(g.out.length);
+    const absRef = new Float64Array(g.out.length);
+    for (let i = 0; i < out.length; i++) {
+      out[i] = silu(g.out[i]) * u.out[i];
+      absRef[i] = 1.1 * Math.abs(u.out[i]) * g.absRef[i] + Math.abs(silu(g.out[i])) * u.absRef[i];
+    }
+    return { out, absRef };
+  }
+  const formats: ResolvedQuantFormat[] = [
+    { kind: 'int8', group: 32, asym: false, scaleDtype: 'f16' },
+    { kind: 'int4', group: 64, asym: true, scaleDtype: 'f32' },
+  ];
+
+  test.each(formats.map((f) => [name(f), f] as const))(
+    'fuseGateUp + qmatmul = silu(gate)·up, %s',
+    async (_n, f) => {
+      for (const [m, F, kw] of [
+        [1, 33, 128],
+        [5, 100, 192],
+        [9, 17, 256],
+        [70, 40, 128],
+      ]) {
+        const k = kFor(f, kw);
+        const gv = f32Weights(F, k, 11 + m);
+        const uv = f32Weights(F, k, 12 + m);
+        const gq = ops.quantize(rt.tensor(gv, [F, k]), f);
+        const uq = ops.quantize(rt.tensor(uv, [F, k]), f);
+        const gu = ops.fuseGateUp(gq, uq);
+        expect(gu.gateUp).toBe(true);
+        const av = Float32Array.from(randn(m * k, m + k));
+        const a = rt.tensor(av, [m, k]);
+        const bias = Float32Array.from(randn(2 * F, 3, 0.5));
+        const g = qref.qmatmul(av, m, k, qref.quantize(gv, F, k, f), F, {
+          bias: bias.subarray(0, F),
+        });
+        const u = qref.qmatmul(av, m, k, qref.quantize(uv, F, k, f), F, { bias: bias.subarray(F) });
+        const want = swigluRef(g, u);
+        const c = ops.qmatmul(a, gu, { bias: rt.tensor(bias, [2 * F]) });
+        expect(c.shape).toEqual([m, F]);
+        expectClose(await c.toFloat32(), want.out, 'f32', {
+          absRef: want.absRef,
+          k: k + 8,
+          extraRtol: 8 * 2 ** -24,
+        });
+        for (const t of [gq, uq, gu]) t.dispose();
+      }
+    },
+  );
+
+  test.each(formats.map((f) => [name(f), f] as const))(
+    'qmatmulGrouped, plain and gate/up experts, %s',
+    async (_n, f) => {
+      const [T, E, topk, N] = [37, 5, 2, 24];
+      const k = kFor(f, 128);
+      // skewed routing with one empty expert (4)
+      const r = rng(5);
+      const ids = new Int32Array(T * topk);
+      for (let t = 0; t < T; t++) {
+        const e1 = r() < 0.6 ? 0 : Math.floor(r() * 4);
+        let e2 = Math.floor(r() * 4);
+        if (e2 === e1) e2 = (e1 + 1) % 4;
+        ids[t * topk] = e1;
+        ids[t * topk + 1] = e2;
+      }
+      const perm = ops.expertPermutation(ids, topk, E);
+      expect(perm.offsets[E]).toBe(T * topk);
+      expect(perm.offsets[5] - perm.offsets[4]).toBe(0);
+      const av = Float32Array.from(randn(T * k, 21));
+      const a = rt.tensor(av, [T, k]);
+      const rows = rt.tensor(perm.rows, [perm.rows.length], { dtype: 'i32' });
+      const offsets = rt.tensor(perm.offsets, [E + 1], { dtype: 'i32' });
+      const wv = Array.from({ length: E }, (_, e) => f32Weights(N, k, 100 + e));
+      const uvs = Array.from({ length: E }, (_, e) => f32Weights(N, k, 200 + e));
+      const experts = wv.map((w) => ops.quantize(rt.tensor(w, [N, k]), f));
+      const ups = uvs.map((w) => ops.quantize(rt.tensor(w, [N, k]), f));
+      const fused = experts.map((g, e) => ops.fuseGateUp(g, ups[e]));
+      const plainRefs = wv.map((w) => qref.quantize(w, N, k, f));
+      const upRefs = uvs.map((w) => qref.quantize(w, N, k, f));
+      const outPlain = await ops.qmatmulGrouped(a, experts, rows, offsets).toFloat32();
+      const outFused = await ops.qmatmulGrouped(a, fused, rows, offsets).toFloat32();
+      for (let e = 0; e < E; e++)
+        for (let i = perm.offsets[e]; i < perm.offsets[e + 1]; i++) {
+          const src = av.subarray(perm.rows[i] * k, perm.rows[i] * k + k);
+          const g = qref.qmatmul(src, 1, k, plainRefs[e], N);
+          expectClose(outPlain.subarray(i * N, i * N + N), g.out, 'f32', {
+            absRef: g.absRef,
+            k: k + 8,
+          });
+          const u = qref.qmatmul(src, 1, k, upRefs[e], N);
+          const want = swigluRef(g, u);
+          expectClose(outFused.subarray(i * N, i * N + N), want.out, 'f32', {
+            absRef: want.absRef,
+            k: k + 8,
+            extraRtol: 8 * 2 ** -24,
+          });
+        }
+      // bad routing data is refused on the stream, naming the argument
+      const badRows = rt.tensor(Int32Array.from(perm.rows).fill(T, 0, 1), [perm.rows.length], {
+        dtype: 'i32',
+      });
+      ops.qmatmulGrouped(a, experts, badRows, offsets);
+      await expect(rt.synchronize()).rejects.toMatchObject({
+        code: expect.stringMatching(/^E_/),
+        arg: 'rows',
+      });
+      rt.defaultStream.reset();
+      for (const t of [...experts, ...ups, ...fused]) t.dispose();
+    },
+  );
+});

@@ -22,6 +22,9 @@ export {
   isQuantized,
   QuantizedTensor,
   GgmlType,
+  fuseGateUp,
+  qmatmulGrouped,
+  expertPermutation,
 } from './quant';
 export type {
   QuantFormat,
@@ -30,4 +33,7 @@ export type {
   QuantStats,
   PlainQuantized,
   QMatmulOptions,
+  QMatmulGroupedOptions,
+  IntQuantFormat,
+  Fp8QuantFormat,
 } from './quant';

@@ -135,19 +135,31 @@ export class QuantizedTensor {
   readonly shape: readonly [number, number];
   /** The repacked bytes (u8). */
   readonly packed: Tensor;
+  /**
+   * A fused gate/up pair (from fuseGateUp): two [N, K] matrices whose matmul is
+   * silu(a·gateᵀ) ⊙ (a·upᵀ), [..., N].
+   */
+  readonly gateUp: boolean;
   private readonly statsTensor: Tensor | undefined;
 
-  /** @internal Use quantize(), packQuantized() or importGguf(). */
+  /** @internal Use quantize(), packQuantized(), importGguf() or fuseGateUp(). */
   constructor(
     format: ResolvedQuantFormat,
     shape: [number, number],
     packed: Tensor,
     stats?: Tensor,
+    gateUp = false,
   ) {
     this.format = Object.freeze({ ...format });
     this.shape = Object.freeze([shape[0], shape[1]]) as readonly [number, number];
     this.packed = packed;
     this.statsTensor = stats;
+    this.gateUp = gateUp;
+  }
+
+  /** @internal The format as the binding takes it. */
+  get nativeFormat(): ResolvedQuantFormat & { gateUp: boolean } {
+    return { ...this.format, gateUp: this.gateUp };
   }
 
   get runtime(): Runtime {
@@ -169,7 +181,7 @@ export class QuantizedTensor {
       binding().dequantize(
         streamOf(w, options).native,
         w.native,
-        this.format,
+        this.nativeFormat,
         this.shape[0],
         this.shape[1],
         out.native,
@@ -185,7 +197,7 @@ export class QuantizedTensor {
       binding().qunpack(
         streamOf(w, options).native,
         w.native,
-        this.format,
+        this.nativeFormat,
         this.shape[0],
         this.shape[1],
         p.codes.native,
@@ -435,6 +447,7 @@ export function qmatmul(a: Tensor, w: QuantizedTensor, options: QMatmulOptions =
   const packed = w.packedArg('qmatmul');
   const bias = optTensorArg(options.bias, 'qmatmul', 'bias');
   const residual = optTensorArg(options.residual, 'qmatmul', 'residual');
+  // fused gate/up: bias is [2N] (gate then up); the output is [..., N] = silu(g) ⊙ u
   const shape = [...a.shape.slice(0, -1), w.shape[0]];
   const dtype: DType = options.outDtype ?? (a.dtype as FloatDType);
   const out = outArg(options.out, a, shape, dtype, 'qmatmul');
@@ -443,7 +456,7 @@ export function qmatmul(a: Tensor, w: QuantizedTensor, options: QMatmulOptions =
       streamOf(a, options).native,
       a.native,
       packed.native,
-      w.format,
+      w.nativeFormat,
       w.shape[0],
       w.shape[1],
       bias?.native ?? null,
@@ -451,4 +464,164 @@ export function qmatmul(a: Tensor, w: QuantizedTensor, options: QMatmulOptions =
       out.native,
     ),
   );
+}
+
+/**
+ * Fuses the gate and up projections of a SwiGLU MLP (two quantized [F, K] tensors of the
+ * same format) into one tensor whose matmul computes silu(a·gateᵀ) ⊙ (a·upᵀ) in one pass
+ * over the weights, with the activation applied to the f32 accumulators. Integer formats.
+ */
+export function fuseGateUp(
+  gate: QuantizedTensor,
+  up: QuantizedTensor,
+  options: OpOptions = {},
+): QuantizedTensor {
+  if (!isQuantized(gate) || gate.gateUp)
+    throw invalidArg('fuseGateUp', 'gate', 'an unfused QuantizedTensor', gate);
+  if (!isQuantized(up) || up.gateUp)
+    throw invalidArg('fuseGateUp', 'up', 'an unfused QuantizedTensor', up);
+  const g = gate.packedArg('fuseGateUp');
+  const u = up.packedArg('fuseGateUp');
+  if (
+    JSON.stringify(gate.format) !== JSON.stringify(up.format) ||
+    gate.shape.join() !== up.shape.join()
+  )
+    throw new KernelError(
+      `Expected up to have the format and shape of gate (${gate}) but received ${up}`,
+      { code: 'E_SHAPE', op: 'fuseGateUp', arg: 'up', backend: g.runtime.backend },
+    );
+  const shape: [number, number] = [gate.shape[0], gate.shape[1]];
+  const fused = { ...gate.format, gateUp: true };
+  let bytes: number;
+  try {
+    bytes = binding().packedBytes(fused, shape[0], shape[1]);
+  } catch (e) {
+    if (e instanceof KernelError) (e as { op: string }).op = 'fuseGateUp';
+    throw e;
+  }
+  const out = g.runtime.empty([bytes], 'u8');
+  try {
+    binding().fuseGateUp(
+      streamOf(g, options).native,
+      g.native,
+      u.native,
+      gate.format,
+      shape[0],
+      shape[1],
+      out.native,
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return new QuantizedTensor(gate.format, shape, out, undefined, true);
+}
+
+export interface QMatmulGroupedOptions extends OpOptions {
+  /** f32 [E, N] (or [E, 2N] for fused gate/up experts: gate bias then up bias). */
+  bias?: Tensor;
+  out?: Tensor;
+  /** Output dtype when `out` is not given. Default: the dtype of a. */
+  outDtype?: FloatDType;
+}
+
+/**
+ * Grouped matmul for mixture-of-experts: one call runs every expert over its own rows.
+ * `rows` (i32 [R]) lists source rows of `a` ([T, K]) sorted by expert, `offsets` (i32
+ * [E+1]) bounds each expert's segment (see {@link expertPermutation}); out[i] (row i of
+ * [R, N]) = a[rows[i]] · W_eᵀ for the expert e whose segment holds i, or
+ * silu(gate) ⊙ up for fused gate/up experts. Each source row is quantized once.
+ */
+export function qmatmulGrouped(
+  a: Tensor,
+  experts: readonly QuantizedTensor[],
+  rows: Tensor,
+  offsets: Tensor,
+  options: QMatmulGroupedOptions = {},
+): Tensor {
+  a = tensorArg(a, 'qmatmulGrouped', 'a');
+  if (!Array.isArray(experts) || experts.length === 0 || !experts.every(isQuantized))
+    throw invalidArg('qmatmulGrouped', 'experts', 'a non-empty array of QuantizedTensor', experts);
+  const e0 = experts[0];
+  for (let i = 1; i < experts.length; i++) {
+    const e = experts[i];
+    if (
+      JSON.stringify(e.format) !== JSON.stringify(e0.format) ||
+      e.shape.join() !== e0.shape.join() ||
+      e.gateUp !== e0.gateUp
+    )
+      throw new KernelError(
+        `Expected every expert to match experts[0] (${e0}) but experts[${i}] is ${e}`,
+        {
+          code: 'E_SHAPE',
+          op: 'qmatmulGrouped',
+          arg: `experts[${i}]`,
+          backend: a.runtime.backend,
+        },
+      );
+  }
+  const packed = experts.map((e, i) => tensorArg(e.packed, 'qmatmulGrouped', `experts[${i}]`));
+  rows = tensorArg(rows, 'qmatmulGrouped', 'rows');
+  offsets = tensorArg(offsets, 'qmatmulGrouped', 'offsets');
+  const bias = optTensorArg(options.bias, 'qmatmulGrouped', 'bias');
+  const n = e0.shape[0];
+  const out = outArg(
+    options.out,
+    a,
+    [rows.shape[0] ?? 0, n],
+    options.outDtype ?? (a.dtype as FloatDType),
+    'qmatmulGrouped',
+  );
+  return enqueue(out, options.out === undefined, () =>
+    binding().qmatmulGrouped(
+      streamOf(a, options).native,
+      a.native,
+      packed.map((p) => p.native),
+      e0.nativeFormat,
+      n,
+      e0.shape[1],
+      rows.native,
+      offsets.native,
+      bias?.native ?? null,
+      out.native,
+    ),
+  );
+}
+
+/**
+ * The expert-sorted permutation a grouped matmul takes, from top-k routing decisions:
+ * `experts` holds k expert ids per token ([T*k], token-major). Returns `rows` (the source
+ * token of each assignment, grouped by expert, tokens ascending within an expert),
+ * `offsets` ([E+1]) and `slot` (for assignment j of token t, i.e. index t*k+j, the row of
+ * the grouped output that holds it). A stable counting sort: O(T*k + E).
+ */
+export function expertPermutation(
+  experts: Int32Array,
+  k: number,
+  numExperts: number,
+): { rows: Int32Array; offsets: Int32Array; slot: Int32Array } {
+  if (!Number.isSafeInteger(k) || k < 1 || experts.length % k !== 0)
+    throw invalidArg(
+      'expertPermutation',
+      'k',
+      `a positive divisor of experts.length (${experts.length})`,
+      k,
+    );
+  const offsets = new Int32Array(numExperts + 1);
+  for (let i = 0; i < experts.length; i++) {
+    const e = experts[i];
+    if (!(e >= 0 && e < numExperts))
+      throw invalidArg('expertPermutation', 'experts', `expert ids in [0, ${numExperts})`, e);
+    offsets[e + 1]++;
+  }
+  for (let e = 0; e < numExperts; e++) offsets[e + 1] += offsets[e];
+  const next = offsets.slice(0, numExperts);
+  const rows = new Int32Array(experts.length);
+  const slot = new Int32Array(experts.length);
+  for (let i = 0; i < experts.length; i++) {
+    const p = next[experts[i]]++;
+    rows[p] = Math.floor(i / k);
+    slot[i] = p;
+  }
+  return { rows, offsets, slot };
 }

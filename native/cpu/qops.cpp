@@ -18,12 +18,20 @@ namespace ty::cpu {
 namespace {
 
 void need_format(const WeightFormat& f, int64_t N, int64_t K) {
+  if (f.gate_up && f.fp8)
+    throw Error(Code::UNSUPPORTED, "Fused gate/up weights are integer formats only (not fp8)", "format");
   const char* e = f.fp8 ? fp8_format_error(f.f8, N, K) : q_format_error(f.q, N, K);
   if (!e) return;
   Code c = Code::INVALID_ARG;
   if (std::strstr(e, "divide") || std::strstr(e, "positive") || std::strstr(e, "<=")) c = Code::SHAPE;
   throw Error(c, std::string("Invalid quantized format for weights of shape [") + std::to_string(N) + ", " +
                      std::to_string(K) + "]: " + e, "format");
+}
+
+void need_plain_layout(const WeightFormat& f, const char* op) {
+  if (f.gate_up)
+    throw Error(Code::UNSUPPORTED, std::string(op) + " does not take a fused gate/up tensor: use the separate gate and up tensors",
+                "format");
 }
 
 void need_packed(const T& packed, const WeightFormat& f, int64_t N, int64_t K, const char* arg) {
@@ -68,7 +76,7 @@ struct Plain {
   Fp8Plain f8;
 };
 struct PlainBuf {
-  std::vector<uint8_t> q, s, m;
+  std::vector<uint8_t> q, s, m, sd, sdm;
   Plain p;
   PlainBuf(const WeightFormat& f, int64_t rows, int64_t K) {
     if (f.fp8) {
@@ -80,9 +88,13 @@ struct PlainBuf {
     }
     q.resize(q_plain_q_bytes(f.q, rows, K));
     s.resize(q_plain_scale_bytes(f.q, rows, K));
-    if (f.q.kind == QKind::int4 && f.q.asym) m.resize(q_plain_scale_bytes(f.q, rows, K));
+    m.resize(q_plain_min_bytes(f.q, rows, K));
+    sd.resize(q_plain_super_bytes(f.q, rows, K));
+    if (f.q.kind == QKind::q4k) sdm.resize(q_plain_super_bytes(f.q, rows, K));
     p.q.fmt = f.q; p.q.N = rows; p.q.K = K;
     p.q.q = q.data(); p.q.scales = s.data(); p.q.mins = m.empty() ? nullptr : m.data();
+    p.q.super_d = sd.empty() ? nullptr : sd.data();
+    p.q.super_dmin = sdm.empty() ? nullptr : sdm.data();
   }
 };
 
@@ -130,10 +142,12 @@ size_t panel_offset(const WeightFormat& f, int64_t n0, int64_t K) {
 
 size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K) {
   need_format(f, N, K);
+  if (f.gate_up) return q_gate_up_layout(f.q, N, K).total;
   return f.fp8 ? fp8_packed_layout(f.f8, N, K).total : q_packed_layout(f.q, N, K).total;
 }
 
 void op_quantize(const Core& rt, Stream& s, const T& w, const WeightFormat& f, const T& packed, const T& stats) {
+  need_plain_layout(f, "quantize");
   need(w, "weights");
   need_dtype(w, DType::f32, "weights");
   need_rank(w, 2, 2, "weights");
@@ -168,6 +182,7 @@ void op_quantize(const Core& rt, Stream& s, const T& w, const WeightFormat& f, c
 }
 
 void op_dequantize(const Core& rt, Stream& s, const T& packed, const WeightFormat& f, int64_t N, int64_t K, const T& out) {
+  need_plain_layout(f, "dequantize");
   need_format(f, N, K);
   need_packed(packed, f, N, K, "weights");
   need(out, "out");
@@ -236,6 +251,7 @@ Plain plain_view(const WeightFormat& f, int64_t n0, int64_t rows, int64_t K, con
 
 void op_qpack(const Core& rt, Stream& s, const T& codes, const T& scales, const T& mins, const WeightFormat& f,
               int64_t N, int64_t K, const T& packed) {
+  need_plain_layout(f, "qpack");
   need_format(f, N, K);
   need_plain(f, N, K, codes, scales, mins);
   need_packed(packed, f, N, K, "out");
@@ -249,6 +265,7 @@ void op_qpack(const Core& rt, Stream& s, const T& codes, const T& scales, const 
 
 void op_qunpack(const Core& rt, Stream& s, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
                 const T& codes, const T& scales, const T& mins) {
+  need_plain_layout(f, "qunpack");
   need_format(f, N, K);
   need_packed(packed, f, N, K, "weights");
   need_plain(f, N, K, codes, scales, mins);
@@ -299,8 +316,10 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
   if (bias) {
     need(bias, "bias");
     need_dtype(bias, DType::f32, "bias");
-    need_shape(bias, {N}, "bias");
+    need_shape(bias, {f.gate_up ? 2 * N : N}, "bias");
   }
+  if (residual && f.gate_up)
+    throw Error(Code::UNSUPPORTED, "No residual with the fused gate/up (SwiGLU) epilogue", "residual");
   if (residual) {
     need(residual, "residual");
     need_dtype(residual, out->dtype, "residual");
@@ -330,6 +349,7 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
     return;
   }
   QGemmArgs g;
+  g.epilogue = f.gate_up ? QEpilogue::swiglu : QEpilogue::none;
   g.w = QPacked{f.q, N, K, static_cast<const uint8_t*>(packed->buf->data)};
   g.a_dtype = a->dtype;
   g.M = M;
@@ -344,6 +364,88 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
   qgemm_check(g, K);  // the kernel's own contract, checked once more here
   auto fn = TY_DISPATCH(rt->isa, qgemm);
   s.enqueue("qmatmul", [rt, a, packed, bias, residual, out, g, fn] { fn(g, rt->pool); });
+}
+
+void op_fuse_gate_up(const Core& rt, Stream& s, const T& gate, const T& up, const WeightFormat& fin, int64_t F, int64_t K,
+                     const T& out) {
+  WeightFormat f = fin;
+  f.gate_up = false;
+  need_format(f, F, K);
+  if (f.fp8) throw Error(Code::UNSUPPORTED, "Fused gate/up weights are integer formats only (not fp8)", "format");
+  need_packed(gate, f, F, K, "gate");
+  need_packed(up, f, F, K, "up");
+  WeightFormat fo = f;
+  fo.gate_up = true;
+  need_packed(out, fo, F, K, "out");
+  s.enqueue("fuseGateUp", [rt, gate, up, f, F, K, out] {
+    for_chunks(rt->pool, f, F, K, [&](int64_t n0, int64_t rows) {
+      PlainBuf pg(f, rows, K), pu(f, rows, K);
+      unpack_rows(f, static_cast<const uint8_t*>(gate->buf->data) + panel_offset(f, n0, K), rows, K, pg.p);
+      unpack_rows(f, static_cast<const uint8_t*>(up->buf->data) + panel_offset(f, n0, K), rows, K, pu.p);
+      q_repack_gate_up(pg.p.q, pu.p.q, static_cast<uint8_t*>(out->buf->data) + 2 * panel_offset(f, n0, K));
+    });
+  });
+}
+
+void op_qmatmul_grouped(const Core& rt, Stream& s, const T& a, const std::vector<T>& experts, const WeightFormat& f,
+                        int64_t N, int64_t K, const T& rows, const T& offsets, const T& bias, const T& out) {
+  need(a, "a");
+  need_float(a, "a");
+  need_rank(a, 2, 2, "a");
+  need_format(f, N, K);
+  if (f.fp8) throw Error(Code::UNSUPPORTED, "Grouped (MoE) matmul takes integer formats only (not fp8)", "format");
+  if (experts.empty()) throw Error(Code::INVALID_ARG, "Expected at least one expert", "experts");
+  for (size_t e = 0; e < experts.size(); ++e) {
+    const std::string arg = "experts[" + std::to_string(e) + "]";
+    need_packed(experts[e], f, N, K, arg.c_str());
+  }
+  if (a->shape[1] != K)
+    throw Error(Code::SHAPE, "Expected a.shape[1] to be " + std::to_string(K) + " (K of the experts) but received " +
+                                 std::to_string(a->shape[1]), "a");
+  need(rows, "rows");
+  need_dtype(rows, DType::i32, "rows");
+  need_rank(rows, 1, 1, "rows");
+  need(offsets, "offsets");
+  need_dtype(offsets, DType::i32, "offsets");
+  const int64_t E = (int64_t)experts.size(), R = rows->shape[0], T_ = a->shape[0];
+  need_shape(offsets, {E + 1}, "offsets");
+  need(out, "out");
+  need_float(out, "out");
+  need_shape(out, {R, N}, "out");
+  if (bias) {
+    need(bias, "bias");
+    need_dtype(bias, DType::f32, "bias");
+    need_shape(bias, {E, f.gate_up ? 2 * N : N}, "bias");
+  }
+  auto ptrs = std::make_shared<std::vector<const uint8_t*>>();
+  for (auto& t : experts) ptrs->push_back(static_cast<const uint8_t*>(t->buf->data));
+  QGroupedArgs g;
+  g.fmt = f.q;
+  g.N = N;
+  g.K = K;
+  g.E = E;
+  g.epilogue = f.gate_up ? QEpilogue::swiglu : QEpilogue::none;
+  g.a_dtype = a->dtype;
+  g.T = T_;
+  g.A = a->buf->data;
+  g.lda = K;
+  g.R = R;
+  g.rows = static_cast<const int32_t*>(rows->buf->data);
+  g.offsets = static_cast<const int32_t*>(offsets->buf->data);
+  g.c_dtype = out->dtype;
+  g.C = out->buf->data;
+  g.ldc = N;
+  g.bias = bias ? static_cast<const float*>(bias->buf->data) : nullptr;
+  g.ldb = bias ? bias->shape[1] : 0;
+  auto fn = TY_DISPATCH(rt->isa, qgemm_grouped);
+  auto keep = std::make_shared<std::vector<T>>(experts);
+  // rows / offsets are data, possibly still being written by queued ops: they are checked
+  // on the stream, right before the kernel reads them (never on the JS thread).
+  s.enqueue("qmatmulGrouped", [rt, a, keep, ptrs, rows, offsets, bias, out, g, fn]() mutable {
+    g.w = ptrs->data();
+    qgemm_grouped_check(g, g.K);
+    if (g.R > 0) fn(g, rt->pool);
+  });
 }
 
 }  // namespace ty::cpu

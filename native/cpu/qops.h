@@ -23,6 +23,9 @@ struct WeightFormat {
   QuantFormat q;
   Fp8Format f8;
   Fp8Act act = Fp8Act::w8a16;
+  // Integer formats: a fused gate/up tensor (q_repack_gate_up) of two [N, K] matrices;
+  // matmul with it computes silu(A·Wgᵀ) ⊙ (A·Wuᵀ).
+  bool gate_up = false;
 };
 
 // Bytes of the repacked tensor; throws ty::Error naming "format" for an invalid format.
@@ -46,5 +49,16 @@ void op_gguf_import(const Core&, Stream&, int32_t ggml_type, const T& blocks, in
 // out[..., N] = a[..., K] · Wᵀ (+ bias f32[N]) (+ residual, same shape and dtype as out).
 void op_qmatmul(const Core&, Stream&, const T& a, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
                 const T& bias, const T& residual, const T& out);
+
+// gate, up: packed integer weights [F, K] of the same format -> out: one fused gate/up
+// tensor (format.gate_up = true) for the SwiGLU epilogue.
+void op_fuse_gate_up(const Core&, Stream&, const T& gate, const T& up, const WeightFormat& f, int64_t F, int64_t K,
+                     const T& out);
+// Grouped (MoE) matmul, see QGroupedArgs in tachyon/quant.h. experts: E packed tensors of
+// format f and shape [N, K] (gate/up tensors when f.gate_up: then out is [R, N] =
+// silu(gate) ⊙ up). a [T, K]; rows i32 [R]; offsets i32 [E+1]; bias f32 [E, N] (or
+// [E, 2N] for gate/up) or null; out [R, N].
+void op_qmatmul_grouped(const Core&, Stream&, const T& a, const std::vector<T>& experts, const WeightFormat& f,
+                        int64_t N, int64_t K, const T& rows, const T& offsets, const T& bias, const T& out);
 
 }  // namespace ty::cpu

@@ -540,7 +540,11 @@ cpu::WeightFormat format_arg(Napi::Value v, const char* arg) {
   }
   if (k == "int8") f.q.kind = QKind::int8;
   else if (k == "int4") f.q.kind = QKind::int4;
-  else bad("format.kind", "'int8', 'int4', 'fp8e4m3' or 'fp8e5m2'", o.Get("kind"));
+  else if (k == "q4k") f.q.kind = QKind::q4k;
+  else if (k == "q6k") f.q.kind = QKind::q6k;
+  else bad("format.kind", "'int8', 'int4', 'q4k', 'q6k', 'fp8e4m3' or 'fp8e5m2'", o.Get("kind"));
+  Napi::Value gu = o.Get("gateUp");
+  f.gate_up = gu.IsUndefined() ? false : boolean(gu, "format.gateUp");
   f.q.group = (int32_t)integer(o.Get("group"), "format.group", 0, 1 << 20);
   f.q.asym = boolean(o.Get("asym"), "format.asym");
   f.q.scale_dtype = dtype_arg(o.Get("scaleDtype"), "format.scaleDtype");
@@ -584,6 +588,27 @@ Napi::Value GgufImport(const Napi::CallbackInfo& info) {
   return guard(info, "ggufImport", [&](Napi::Env env, StreamCtx& c) {
     cpu::op_gguf_import(c.core, *c.stream, (int32_t)integer(info[1], "type", 0, 1 << 20), TENSOR(2, "blocks"),
                         integer(info[3], "N", 1, kMaxDim), integer(info[4], "K", 1, kMaxDim), TENSOR(5, "out"));
+  });
+}
+Napi::Value FuseGateUp(const Napi::CallbackInfo& info) {
+  return guard(info, "fuseGateUp", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_fuse_gate_up(c.core, *c.stream, TENSOR(1, "gate"), TENSOR(2, "up"), format_arg(info[3], "format"),
+                         integer(info[4], "N", 1, kMaxDim), integer(info[5], "K", 1, kMaxDim), TENSOR(6, "out"));
+  });
+}
+Napi::Value QMatmulGrouped(const Napi::CallbackInfo& info) {
+  return guard(info, "qmatmulGrouped", [&](Napi::Env env, StreamCtx& c) {
+    if (!info[2].IsArray()) bad("experts", "an array of packed weight Tensors", info[2]);
+    Napi::Array arr = info[2].As<Napi::Array>();
+    if (arr.Length() > (1u << 16)) bad("experts", "at most 65536 experts", info[2]);
+    std::vector<T> experts;
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      const std::string arg = "experts[" + std::to_string(i) + "]";
+      experts.push_back(TensorW::tensor_arg(env, arr.Get(i), arg.c_str()));
+    }
+    cpu::op_qmatmul_grouped(c.core, *c.stream, TENSOR(1, "a"), experts, format_arg(info[3], "format"),
+                            integer(info[4], "N", 1, kMaxDim), integer(info[5], "K", 1, kMaxDim), TENSOR(6, "rows"),
+                            TENSOR(7, "offsets"), OPT_TENSOR(8, "bias"), TENSOR(9, "out"));
   });
 }
 Napi::Value QMatmul(const Napi::CallbackInfo& info) {
@@ -650,6 +675,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("qunpack", Napi::Function::New(env, QUnpack));
   exports.Set("ggufImport", Napi::Function::New(env, GgufImport));
   exports.Set("qmatmul", Napi::Function::New(env, QMatmul));
+  exports.Set("fuseGateUp", Napi::Function::New(env, FuseGateUp));
+  exports.Set("qmatmulGrouped", Napi::Function::New(env, QMatmulGrouped));
   return exports;
 }
 
