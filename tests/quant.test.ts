@@ -553,3 +553,110 @@ describe.each(isasToTest())('fused SwiGLU and grouped (MoE) isa %s', (isa) => {
     },
   );
 });
+
+describe.each(isasToTest())('GGUF K-quants (Q4_K, Q6_K) isa %s', (isa) => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ isa, threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  /** Random super-blocks with finite f16 super scales of assorted magnitudes and signs. */
+  function kblocks(type: 12 | 14, n: number, k: number, seed: number): Uint8Array {
+    const r = rng(seed);
+    const bb = qref.kquantBlockBytes(type);
+    const data = new Uint8Array((n * k * bb) / 256);
+    const dv = new DataView(data.buffer);
+    const ds = [1.5e-3, -2e-4, 7e-6, 0.031, 0];
+    for (let b = 0; b < (n * k) / 256; b++) {
+      const o = b * bb;
+      for (let i = 0; i < bb; i++) data[o + i] = Math.floor(r() * 256);
+      if (type === 12) {
+        dv.setUint16(o, f32ToF16(ds[b % ds.length] * (r() + 0.5)), true);
+        dv.setUint16(o + 2, f32ToF16(ds[(b + 2) % ds.length] * (r() + 0.5)), true);
+      } else {
+        dv.setUint16(o + 208, f32ToF16(ds[b % ds.length] * (r() + 0.5)), true);
+      }
+    }
+    return data;
+  }
+
+  test.each([
+    ['Q4_K', 12],
+    ['Q6_K', 14],
+  ] as const)(
+    '%s: import is bit-exact with ggml; qmatmul matches the reference',
+    async (_n, type) => {
+      for (const [m, n, k] of [
+        [1, 1, 256],
+        [3, 17, 512],
+        [9, 33, 768],
+        [40, 20, 256],
+      ]) {
+        const data = kblocks(type, n, k, n * k + type);
+        const q = ops.importGguf(rt, type, data, [n, k]) as QuantizedTensor;
+        expect(q.format.kind).toBe(type === 12 ? 'q4k' : 'q6k');
+        const mins = new Float32Array(n * k);
+        const want = qref.ggmlDequantizeK(type, data, n, k, mins);
+        const got = (await q.dequantize().read()) as Float32Array;
+        expect(firstDiff(got, want)).toBe(-1);
+        // the plain layout means what docs/formats.md says it means
+        const p = q.unpack();
+        const fromPlain = qref.kquantPlainDequantize(
+          type === 12 ? 'q4k' : 'q6k',
+          n,
+          k,
+          (await p.codes.read()) as Int8Array,
+          (await p.scales.read()) as Int8Array,
+          await p.superD!.toFloat32(),
+          p.mins ? ((await p.mins.read()) as Uint8Array) : undefined,
+          p.superDmin ? await p.superDmin.toFloat32() : undefined,
+        );
+        expect(firstDiff(fromPlain, want)).toBe(-1);
+        const again = ops.packQuantized(p, q.format, [n, k]);
+        const [b1, b2] = await Promise.all([q.packed.read(), again.packed.read()]);
+        expect(Buffer.from(b1.buffer).equals(Buffer.from(b2.buffer))).toBe(true);
+
+        const av = Float32Array.from(randn(m * k, m + k, 3));
+        const a = rt.tensor(av, [m, k]);
+        const ref = qref.qmatmulDense(av, m, k, want, n, 256, type === 12 ? mins : undefined);
+        const c = ops.qmatmul(a, q);
+        expectClose(await c.toFloat32(), ref.out, 'f32', { absRef: ref.absRef, k: k + 8 });
+        for (const t of [a, c, p.codes, p.scales, p.mins, p.superD, p.superDmin]) t?.dispose();
+        q.dispose();
+        again.dispose();
+      }
+    },
+  );
+
+  test.each(['q4k', 'q6k'] as const)(
+    'quantize to %s: bounded error, dequantize agrees with the plain layout',
+    async (kind) => {
+      const [n, k] = [19, 512];
+      const wv = f32Weights(n, k, 77);
+      const q = ops.quantize(rt.tensor(wv, [n, k]), { kind });
+      const deq = (await q.dequantize().read()) as Float32Array;
+      const p = q.unpack();
+      const fromPlain = qref.kquantPlainDequantize(
+        kind,
+        n,
+        k,
+        (await p.codes.read()) as Int8Array,
+        (await p.scales.read()) as Int8Array,
+        await p.superD!.toFloat32(),
+        p.mins ? ((await p.mins.read()) as Uint8Array) : undefined,
+        p.superDmin ? await p.superDmin.toFloat32() : undefined,
+      );
+      expect(firstDiff(deq, fromPlain)).toBe(-1);
+      // error relative to each row's range: 4-bit codes ~1/30 of the range, 6-bit ~1/120,
+      // plus the 6/8-bit sub-scale quantization
+      const st = (await q.stats())!;
+      let rmsW = 0;
+      for (const x of wv) rmsW += x * x;
+      rmsW = Math.sqrt(rmsW / wv.length);
+      expect(st.rmsErr).toBeLessThan(kind === 'q4k' ? 0.12 * rmsW : 0.03 * rmsW);
+      expect(st.rmsErr).toBeGreaterThan(0);
+      q.dispose();
+    },
+  );
+});

@@ -40,6 +40,7 @@ export const GEMM_FORMATS: FormatCase[] = [
   { name: 'int4-g32', format: { kind: 'int4', group: 32, scaleDtype: 'f16' }, peak: 'int8' },
   { name: 'int4-g128', format: { kind: 'int4', group: 128, scaleDtype: 'f16' }, peak: 'int8' },
   { name: 'int8', format: { kind: 'int8', group: 0, scaleDtype: 'f32' }, peak: 'int8' },
+  { name: 'q4k', format: { kind: 'q4k' }, peak: 'int8' },
   {
     name: 'fp8e4m3-w8a16',
     format: { kind: 'fp8e4m3', scaleBlock: 'channel', act: 'w8a16' },

@@ -359,3 +359,152 @@ export function fp8Qmatmul(
   }
   return { out, absRef };
 }
+
+// ---- GGUF K-quants (Q4_K, Q6_K) --------------------------------------------------------
+
+/** Bytes of one 256-element super-block: Q4_K 144, Q6_K 210. */
+export function kquantBlockBytes(type: 12 | 14): number {
+  return type === 12 ? 144 : 210;
+}
+
+/** ggml's get_scale_min_k4: the 6-bit scale and min of sub-block j from the 12 packed bytes. */
+function scaleMinK4(j: number, q: Uint8Array, o: number): [number, number] {
+  if (j < 4) return [q[o + j] & 63, q[o + j + 4] & 63];
+  return [
+    (q[o + j + 4] & 0xf) | ((q[o + j - 4] >> 6) << 4),
+    (q[o + j + 4] >> 4) | ((q[o + j] >> 6) << 4),
+  ];
+}
+
+/**
+ * ggml's dequantize_row_q4_K / dequantize_row_q6_K over N rows of K, from the block
+ * definitions, evaluated in f32 as ggml's C does (no fused multiply-add):
+ *   Q4_K: block {f16 d, f16 dmin, u8 scales[12], u8 qs[128]}:
+ *         y = (d·sc)·q − (dmin·m) per sub-block of 32 (low nibbles, then high, per 64)
+ *   Q6_K: block {u8 ql[128], u8 qh[64], i8 scales[16], f16 d}: y = (d·sc)·q, q in −32..31
+ */
+export function ggmlDequantizeK(
+  type: 12 | 14,
+  data: Uint8Array,
+  n: number,
+  k: number,
+  /** Q4_K: receives each element's min term dmin·m (for error scales). */
+  minsOut?: Float32Array,
+): Float32Array {
+  const out = new Float32Array(n * k);
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const bb = kquantBlockBytes(type);
+  for (let blk = 0; blk < (n * k) / 256; blk++) {
+    const o = blk * bb;
+    const y = out.subarray(blk * 256, blk * 256 + 256);
+    if (type === 12) {
+      const d = f16ToF32(dv.getUint16(o, true));
+      const dmin = f16ToF32(dv.getUint16(o + 2, true));
+      let yi = 0;
+      for (let j = 0, is = 0, q = o + 16; j < 256; j += 64, is += 2, q += 32) {
+        const [sc1, m1] = scaleMinK4(is, data, o + 4);
+        const [sc2, m2] = scaleMinK4(is + 1, data, o + 4);
+        const d1 = f32(d * sc1);
+        const mm1 = f32(dmin * m1);
+        const d2 = f32(d * sc2);
+        const mm2 = f32(dmin * m2);
+        if (minsOut) {
+          minsOut.fill(mm1, blk * 256 + yi, blk * 256 + yi + 32);
+          minsOut.fill(mm2, blk * 256 + yi + 32, blk * 256 + yi + 64);
+        }
+        for (let l = 0; l < 32; l++) y[yi++] = f32(f32(d1 * (data[q + l] & 0xf)) - mm1);
+        for (let l = 0; l < 32; l++) y[yi++] = f32(f32(d2 * (data[q + l] >> 4)) - mm2);
+      }
+    } else {
+      const d = f16ToF32(dv.getUint16(o + 208, true));
+      for (let half = 0; half < 2; half++) {
+        const ql = o + half * 64;
+        const qh = o + 128 + half * 32;
+        const sc = o + 192 + half * 8;
+        const yb = half * 128;
+        for (let l = 0; l < 32; l++) {
+          const is = l >> 4;
+          const q1 = ((data[ql + l] & 0xf) | (((data[qh + l] >> 0) & 3) << 4)) - 32;
+          const q2 = ((data[ql + l + 32] & 0xf) | (((data[qh + l] >> 2) & 3) << 4)) - 32;
+          const q3 = ((data[ql + l] >> 4) | (((data[qh + l] >> 4) & 3) << 4)) - 32;
+          const q4 = ((data[ql + l + 32] >> 4) | (((data[qh + l] >> 6) & 3) << 4)) - 32;
+          const s = (i: number): number => dv.getInt8(sc + i);
+          y[yb + l] = f32(f32(d * s(is)) * q1);
+          y[yb + l + 32] = f32(f32(d * s(is + 2)) * q2);
+          y[yb + l + 64] = f32(f32(d * s(is + 4)) * q3);
+          y[yb + l + 96] = f32(f32(d * s(is + 6)) * q4);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * A quantized matmul reference over any dequantized weights w [N, K] with activations
+ * quantized per row and block of `len` (the K-quants use 256): out = Σ_b sa_b Σ qa·w in
+ * float64. absRef uses |w| + |wMin| per element (wMin: the min term the kernel applies
+ * separately; 0 where there is none).
+ */
+export function qmatmulDense(
+  a: ArrayLike<number>,
+  m: number,
+  k: number,
+  w: ArrayLike<number>,
+  n: number,
+  len: number,
+  wMin?: ArrayLike<number>,
+): { out: Float64Array; absRef: Float64Array } {
+  const blocks = k / len;
+  const { q, s } = quantizeActivations(a, m, k, blocks, len);
+  const out = new Float64Array(m * n);
+  const absRef = new Float64Array(m * n);
+  for (let r = 0; r < m; r++)
+    for (let c = 0; c < n; c++) {
+      let acc = 0;
+      let as = 0;
+      for (let b = 0; b < blocks; b++) {
+        let dot = 0;
+        let dabs = 0;
+        for (let i = b * len; i < (b + 1) * len; i++) {
+          const qa = q[r * k + i];
+          dot += qa * w[c * k + i];
+          dabs += abs(qa) * (abs(w[c * k + i]) + (wMin ? 2 * abs(wMin[c * k + i]) : 0));
+        }
+        acc += s[r * blocks + b] * dot;
+        as += s[r * blocks + b] * dabs;
+      }
+      out[r * n + c] = acc;
+      absRef[r * n + c] = as;
+    }
+  return { out, absRef };
+}
+
+/** The value of every element of a K-quant plain layout (codes, sub-scales, mins, super scales), as the format defines it. */
+export function kquantPlainDequantize(
+  kind: 'q4k' | 'q6k',
+  n: number,
+  k: number,
+  codes: Int8Array | Uint8Array,
+  scales: Int8Array | Uint8Array,
+  superD: Float32Array,
+  mins?: Uint8Array,
+  superDmin?: Float32Array,
+): Float32Array {
+  const out = new Float32Array(n * k);
+  const sub = kind === 'q4k' ? 32 : 16;
+  for (let r = 0; r < n; r++)
+    for (let i = 0; i < k; i++) {
+      const sb = r * (k / 256) + floor(i / 256);
+      const sj = r * (k / sub) + floor(i / sub);
+      const d = superD[sb];
+      if (kind === 'q6k') {
+        out[r * k + i] = f32(f32(d * scales[sj]) * codes[r * k + i]);
+      } else {
+        const byte = codes[r * (k / 2) + (i >> 1)];
+        const q = i % 2 === 0 ? byte & 15 : byte >> 4;
+        out[r * k + i] = f32(f32(f32(d * scales[sj]) * q) - f32(superDmin![sb] * mins![sj]));
+      }
+    }
+  return out;
+}

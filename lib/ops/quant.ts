@@ -13,19 +13,23 @@ import { binding, enqueue, OpOptions, optTensorArg, outArg, streamOf, tensorArg 
  * packing is done once, at quantize / import time; matmul reads it directly.
  */
 
-export type QuantKind = 'int8' | 'int4' | 'fp8e4m3' | 'fp8e5m2';
+export type QuantKind = 'int8' | 'int4' | 'q4k' | 'q6k' | 'fp8e4m3' | 'fp8e5m2';
 
 /** A quantized weight format: integer or fp8. */
 export type QuantFormat = IntQuantFormat | Fp8QuantFormat;
 
-/** int8 / int4 weights with group scales (activations are quantized to int8 in the kernel). */
+/**
+ * Integer weights with group scales (activations are quantized to int8 in the kernel):
+ * int8, int4, and the GGUF K-quants q4k (Q4_K) and q6k (Q6_K), which have super-blocks of
+ * 256 with small integer sub-block scales (group 256, f16 super-block scales).
+ */
 export interface IntQuantFormat {
-  kind: 'int8' | 'int4';
+  kind: 'int8' | 'int4' | 'q4k' | 'q6k';
   /**
    * Quantization group along K: 32, 64 or 128 elements share one scale. int8 also
    * allows 0, one scale per output channel. Default: 32.
    */
-  group?: 0 | 32 | 64 | 128;
+  group?: 0 | 32 | 64 | 128 | 256;
   /** int4 only: scale plus min (codes 0..15) instead of symmetric codes -8..7. */
   asym?: boolean;
   /** Storage dtype of scales and mins. Default f16. */
@@ -68,6 +72,8 @@ export const GgmlType = {
   Q4_0: 2,
   Q4_1: 3,
   Q8_0: 8,
+  Q4_K: 12,
+  Q6_K: 14,
   BF16: 30,
 } as const;
 export type GgmlTypeId = (typeof GgmlType)[keyof typeof GgmlType];
@@ -76,6 +82,8 @@ const GGML_BLOCK_FORMATS: Record<number, ResolvedQuantFormat> = {
   [GgmlType.Q4_0]: { kind: 'int4', group: 32, asym: false, scaleDtype: 'f16' },
   [GgmlType.Q4_1]: { kind: 'int4', group: 32, asym: true, scaleDtype: 'f16' },
   [GgmlType.Q8_0]: { kind: 'int8', group: 32, asym: false, scaleDtype: 'f16' },
+  [GgmlType.Q4_K]: { kind: 'q4k', group: 256, asym: false, scaleDtype: 'f16' },
+  [GgmlType.Q6_K]: { kind: 'q6k', group: 256, asym: false, scaleDtype: 'f16' },
 };
 const GGML_DENSE: Record<number, FloatDType> = {
   [GgmlType.F32]: 'f32',
@@ -93,14 +101,20 @@ export function resolveFormat(format: QuantFormat, op: string): ResolvedQuantFor
       act: format.act ?? 'w8a16',
     };
   const g = format as IntQuantFormat;
+  const kq = g.kind === 'q4k' || g.kind === 'q6k';
   const f: Required<IntQuantFormat> = {
     kind: g.kind,
-    group: g.group ?? 32,
+    group: g.group ?? (kq ? 256 : 32),
     asym: g.asym ?? false,
     scaleDtype: g.scaleDtype ?? 'f16',
   };
-  if (f.kind !== 'int8' && f.kind !== 'int4')
-    throw invalidArg(op, 'format.kind', "'int8', 'int4', 'fp8e4m3' or 'fp8e5m2'", f.kind);
+  if (!['int8', 'int4', 'q4k', 'q6k'].includes(f.kind))
+    throw invalidArg(
+      op,
+      'format.kind',
+      "'int8', 'int4', 'q4k', 'q6k', 'fp8e4m3' or 'fp8e5m2'",
+      f.kind,
+    );
   // group, asym and scaleDtype are checked natively against the shape (one rule, one place).
   return f;
 }
@@ -124,8 +138,12 @@ export interface PlainQuantized {
   codes: Tensor;
   /** int: scaleDtype [N, blocks]. fp8: f32 [1], [N] or [ceil(N/128), ceil(K/128)]. */
   scales: Tensor;
-  /** Asymmetric int4 only: scaleDtype [N, blocks]. */
+  /** Asymmetric int4: scaleDtype [N, blocks]. q4k: u8 [N, K/32] (0..63). */
   mins?: Tensor;
+  /** K-quants: f16 [N, K/256] super-block scales. */
+  superD?: Tensor;
+  /** q4k: f16 [N, K/256] super-block min scales. */
+  superDmin?: Tensor;
 }
 
 /** Repacked quantized weights [N, K]. */
@@ -200,9 +218,7 @@ export class QuantizedTensor {
         this.nativeFormat,
         this.shape[0],
         this.shape[1],
-        p.codes.native,
-        p.scales.native,
-        p.mins?.native ?? null,
+        nativePlain(p),
       );
     } catch (e) {
       disposePlain(p);
@@ -258,6 +274,17 @@ function allocPlain(
           : [Math.ceil(n / 128), Math.ceil(k / 128)];
     return { codes: rt.empty([n, k], f.kind), scales: rt.empty(sshape, 'f32') };
   }
+  if (f.kind === 'q4k' || f.kind === 'q6k') {
+    const q4 = f.kind === 'q4k';
+    const ns = k / (q4 ? 32 : 16);
+    return {
+      codes: q4 ? rt.empty([n, k / 2], 'u8') : rt.empty([n, k], 'int8'),
+      scales: rt.empty([n, ns], q4 ? 'u8' : 'int8'),
+      mins: q4 ? rt.empty([n, ns], 'u8') : undefined,
+      superD: rt.empty([n, k / 256], 'f16'),
+      superDmin: q4 ? rt.empty([n, k / 256], 'f16') : undefined,
+    };
+  }
   const blocks = f.group === 0 ? 1 : k / f.group;
   const codes = f.kind === 'int4' ? rt.empty([n, k / 2], 'u8') : rt.empty([n, k], 'int8');
   const scales = rt.empty([n, blocks], f.scaleDtype);
@@ -268,6 +295,17 @@ function disposePlain(p: PlainQuantized): void {
   p.codes.dispose();
   p.scales.dispose();
   p.mins?.dispose();
+  p.superD?.dispose();
+  p.superDmin?.dispose();
+}
+function nativePlain(p: PlainQuantized): Record<string, unknown> {
+  return {
+    codes: p.codes.native,
+    scales: p.scales.native,
+    mins: p.mins?.native,
+    superD: p.superD?.native,
+    superDmin: p.superDmin?.native,
+  };
 }
 
 function allocPacked(
@@ -334,13 +372,13 @@ export function packQuantized(
   const codes = tensorArg(plain?.codes, 'packQuantized', 'codes');
   const scales = tensorArg(plain.scales, 'packQuantized', 'scales');
   const mins = optTensorArg(plain.mins, 'packQuantized', 'mins');
+  const superD = optTensorArg(plain.superD, 'packQuantized', 'superD');
+  const superDmin = optTensorArg(plain.superDmin, 'packQuantized', 'superDmin');
   const packed = allocPacked(codes.runtime, f, shp, 'packQuantized');
   try {
     binding().qpack(
       streamOf(codes, options).native,
-      codes.native,
-      scales.native,
-      mins?.native ?? null,
+      nativePlain({ codes, scales, mins, superD, superDmin }),
       f,
       shp[0],
       shp[1],
@@ -361,7 +399,7 @@ export function ggmlNativeFormat(type: number): ResolvedQuantFormat | FloatDType
 /**
  * Imports a GGUF tensor's data (`data`: the raw bytes of N rows of K elements, as stored
  * in the file) losslessly: dense types (F32, F16, BF16) become a tensor of that dtype
- * with the same bits; block types (Q4_0, Q4_1, Q8_0) become a QuantizedTensor whose
+ * with the same bits; block types (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) become a QuantizedTensor whose
  * dequantized values equal ggml's dequantization bit for bit.
  */
 export function importGguf(
@@ -390,7 +428,7 @@ export function importGguf(
   const f = GGML_BLOCK_FORMATS[type];
   if (!f)
     throw new KernelError(
-      `Unsupported ggml type ${type} for GGUF import (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)`,
+      `Unsupported ggml type ${type} for GGUF import (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K)`,
       { code: 'E_UNSUPPORTED', op: 'importGguf', arg: 'type', backend: rt.backend },
     );
   const blocks =

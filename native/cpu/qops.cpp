@@ -198,81 +198,96 @@ void op_dequantize(const Core& rt, Stream& s, const T& packed, const WeightForma
 }
 
 namespace {
-// The plain tensors' expected dtypes and shapes.
-void need_plain(const WeightFormat& f, int64_t N, int64_t K, const T& codes, const T& scales, const T& mins) {
-  need(codes, "codes");
-  need(scales, "scales");
-  if (f.fp8) {
-    need_dtype(codes, f.f8.dtype, "codes");
-    need_shape(codes, {N, K}, "codes");
-    need_dtype(scales, DType::f32, "scales");
-    const int64_t nkb = (K + kFp8Block - 1) / kFp8Block, nnb = (N + kFp8Block - 1) / kFp8Block;
-    need_shape(scales, f.f8.scale == Fp8Scale::tensor ? std::vector<int64_t>{1}
-                       : f.f8.scale == Fp8Scale::channel ? std::vector<int64_t>{N}
-                                                         : std::vector<int64_t>{nnb, nkb}, "scales");
-    if (mins) throw Error(Code::INVALID_ARG, "Expected no mins (fp8 has none) but received a Tensor", "mins");
+// The plain tensors' expected dtypes and shapes (see PlainTensors in qops.h).
+void need_part(const T& t, bool wanted, DType dt, std::vector<int64_t> shape, const char* arg, const char* why) {
+  if (!wanted) {
+    if (t) throw Error(Code::INVALID_ARG, std::string("Expected no ") + arg + " (" + why + ") but received a Tensor", arg);
     return;
   }
-  const bool i4 = f.q.kind == QKind::int4;
-  const int64_t nb = q_num_blocks(f.q, K);
-  need_dtype(codes, i4 ? DType::u8 : DType::int8, "codes");
-  need_shape(codes, {N, i4 ? K / 2 : K}, "codes");
-  need_dtype(scales, f.q.scale_dtype, "scales");
-  need_shape(scales, {N, nb}, "scales");
-  if (i4 && f.q.asym) {
-    if (!mins) throw Error(Code::INVALID_ARG, "Expected a Tensor for mins (asymmetric int4) but received nothing", "mins");
-    need(mins, "mins");
-    need_dtype(mins, f.q.scale_dtype, "mins");
-    need_shape(mins, {N, nb}, "mins");
-  } else if (mins) {
-    throw Error(Code::INVALID_ARG, "Expected no mins (the format is symmetric) but received a Tensor", "mins");
+  if (!t) throw Error(Code::INVALID_ARG, std::string("Expected a Tensor for ") + arg + " but received nothing", arg);
+  need(t, arg);
+  need_dtype(t, dt, arg);
+  need_shape(t, std::move(shape), arg);
+}
+void need_plain(const WeightFormat& f, int64_t N, int64_t K, const PlainTensors& p) {
+  if (f.fp8) {
+    const int64_t nkb = (K + kFp8Block - 1) / kFp8Block, nnb = (N + kFp8Block - 1) / kFp8Block;
+    need_part(p.codes, true, f.f8.dtype, {N, K}, "codes", "");
+    need_part(p.scales, true, DType::f32,
+              f.f8.scale == Fp8Scale::tensor ? std::vector<int64_t>{1}
+              : f.f8.scale == Fp8Scale::channel ? std::vector<int64_t>{N}
+                                                : std::vector<int64_t>{nnb, nkb}, "scales", "");
+    for (auto [t, arg] : {std::pair<const T&, const char*>{p.mins, "mins"}, {p.super_d, "superD"}, {p.super_dmin, "superDmin"}})
+      need_part(t, false, DType::u8, {}, arg, "fp8 has none");
+    return;
   }
+  const QuantFormat& q = f.q;
+  const bool i4 = q.kind == QKind::int4 || q.kind == QKind::q4k;
+  const bool kq = q_is_kquant(q.kind);
+  need_part(p.codes, true, i4 ? DType::u8 : DType::int8, {N, i4 ? K / 2 : K}, "codes", "");
+  if (kq) {
+    const int64_t ns = K / q_sub_len(q), nsb = K / kQSuper;
+    need_part(p.scales, true, q.kind == QKind::q4k ? DType::u8 : DType::int8, {N, ns}, "scales", "");
+    need_part(p.mins, q.kind == QKind::q4k, DType::u8, {N, ns}, "mins", "q6k has none");
+    need_part(p.super_d, true, DType::f16, {N, nsb}, "superD", "");
+    need_part(p.super_dmin, q.kind == QKind::q4k, DType::f16, {N, nsb}, "superDmin", "q6k has none");
+    return;
+  }
+  const int64_t nb = q_num_blocks(q, K);
+  need_part(p.scales, true, q.scale_dtype, {N, nb}, "scales", "");
+  need_part(p.mins, q.kind == QKind::int4 && q.asym, q.scale_dtype, {N, nb}, "mins", "the format is symmetric");
+  need_part(p.super_d, false, DType::f16, {}, "superD", "not a K-quant");
+  need_part(p.super_dmin, false, DType::f16, {}, "superDmin", "not a K-quant");
+}
+uint8_t* rows_of(const T& t, int64_t n0, int64_t N) {
+  // Every plain part is [N, ...] row-major: row n0 starts at n0/N of its bytes.
+  return t ? static_cast<uint8_t*>(t->buf->data) + (size_t)(t->buf->bytes / (size_t)N) * (size_t)n0 : nullptr;
 }
 // Views of rows [n0, n0 + rows) of the plain tensors (chunks are whole scale granules).
-Plain plain_view(const WeightFormat& f, int64_t n0, int64_t rows, int64_t K, const T& codes, const T& scales, const T& mins) {
+Plain plain_view(const WeightFormat& f, int64_t N, int64_t n0, int64_t rows, int64_t K, const PlainTensors& t) {
   Plain p;
   if (f.fp8) {
     p.f8.fmt = f.f8; p.f8.N = rows; p.f8.K = K;
-    p.f8.codes = static_cast<uint8_t*>(codes->buf->data) + (size_t)n0 * K;
+    p.f8.codes = static_cast<uint8_t*>(t.codes->buf->data) + (size_t)n0 * K;
     const int64_t s0 = f.f8.scale == Fp8Scale::tensor ? 0
                        : f.f8.scale == Fp8Scale::channel ? n0
                                                          : (n0 / kFp8Block) * ((K + kFp8Block - 1) / kFp8Block);
-    p.f8.scales = static_cast<float*>(scales->buf->data) + s0;
+    p.f8.scales = static_cast<float*>(t.scales->buf->data) + s0;
     return p;
   }
-  const size_t se = q_scale_elem_bytes(f.q), nb = (size_t)q_num_blocks(f.q, K);
   p.q.fmt = f.q; p.q.N = rows; p.q.K = K;
-  p.q.q = static_cast<uint8_t*>(codes->buf->data) + (size_t)n0 * (q_plain_q_bytes(f.q, 1, K));
-  p.q.scales = static_cast<uint8_t*>(scales->buf->data) + (size_t)n0 * nb * se;
-  p.q.mins = mins ? static_cast<uint8_t*>(mins->buf->data) + (size_t)n0 * nb * se : nullptr;
+  p.q.q = rows_of(t.codes, n0, N);
+  p.q.scales = rows_of(t.scales, n0, N);
+  p.q.mins = rows_of(t.mins, n0, N);
+  p.q.super_d = rows_of(t.super_d, n0, N);
+  p.q.super_dmin = rows_of(t.super_dmin, n0, N);
   return p;
 }
 }  // namespace
 
-void op_qpack(const Core& rt, Stream& s, const T& codes, const T& scales, const T& mins, const WeightFormat& f,
-              int64_t N, int64_t K, const T& packed) {
+void op_qpack(const Core& rt, Stream& s, const PlainTensors& plain, const WeightFormat& f, int64_t N, int64_t K,
+              const T& packed) {
   need_plain_layout(f, "qpack");
   need_format(f, N, K);
-  need_plain(f, N, K, codes, scales, mins);
+  need_plain(f, N, K, plain);
   need_packed(packed, f, N, K, "out");
-  s.enqueue("qpack", [rt, codes, scales, mins, f, N, K, packed] {
+  s.enqueue("qpack", [rt, plain, f, N, K, packed] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
-      repack_rows(f, plain_view(f, n0, rows, K, codes, scales, mins),
-                  static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
+      repack_rows(f, plain_view(f, N, n0, rows, K, plain), static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
     });
   });
 }
 
 void op_qunpack(const Core& rt, Stream& s, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
-                const T& codes, const T& scales, const T& mins) {
+                const PlainTensors& plain) {
   need_plain_layout(f, "qunpack");
   need_format(f, N, K);
   need_packed(packed, f, N, K, "weights");
-  need_plain(f, N, K, codes, scales, mins);
-  s.enqueue("qunpack", [rt, codes, scales, mins, f, N, K, packed] {
+  need_plain(f, N, K, plain);
+  s.enqueue("qunpack", [rt, plain, f, N, K, packed] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
       unpack_rows(f, static_cast<const uint8_t*>(packed->buf->data) + panel_offset(f, n0, K), rows, K,
-                  plain_view(f, n0, rows, K, codes, scales, mins));
+                  plain_view(f, N, n0, rows, K, plain));
     });
   });
 }

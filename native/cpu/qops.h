@@ -36,14 +36,22 @@ size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K);
 void op_quantize(const Core&, Stream&, const T& w, const WeightFormat& f, const T& packed, const T& stats);
 // packed -> f32 [N, K] (the value each code represents).
 void op_dequantize(const Core&, Stream&, const T& packed, const WeightFormat& f, int64_t N, int64_t K, const T& out);
-// Plain layout <-> packed. Integer: codes int8 [N, K] (int8) or u8 [N, K/2] (int4, two
-// per byte, low nibble first); scales / mins: the format's scale dtype [N, blocks]; mins
-// only for asymmetric int4. fp8: codes fp8e4m3/fp8e5m2 [N, K]; scales f32 [1] (tensor),
-// [N] (channel) or [ceil(N/128), ceil(K/128)] (block128); no mins.
-void op_qpack(const Core&, Stream&, const T& codes, const T& scales, const T& mins, const WeightFormat& f,
-              int64_t N, int64_t K, const T& packed);
+// The plain layout as tensors (null where the format has no such part):
+//  int8:  codes int8 [N, K]; scales [N, blocks] (scale dtype).
+//  int4:  codes u8 [N, K/2] (two per byte, low nibble first); scales, and mins for
+//         asymmetric, [N, blocks] (scale dtype).
+//  q4k:   codes u8 [N, K/2] (unsigned 0..15); scales u8 [N, K/32] (0..63); mins u8
+//         [N, K/32] (0..63); superD, superDmin f16 [N, K/256].
+//  q6k:   codes int8 [N, K] (-32..31); scales int8 [N, K/16]; superD f16 [N, K/256].
+//  fp8:   codes fp8e4m3/fp8e5m2 [N, K]; scales f32 [1] (tensor), [N] (channel) or
+//         [ceil(N/128), ceil(K/128)] (block128).
+struct PlainTensors {
+  T codes, scales, mins, super_d, super_dmin;
+};
+void op_qpack(const Core&, Stream&, const PlainTensors& plain, const WeightFormat& f, int64_t N, int64_t K,
+              const T& packed);
 void op_qunpack(const Core&, Stream&, const T& packed, const WeightFormat& f, int64_t N, int64_t K,
-                const T& codes, const T& scales, const T& mins);
+                const PlainTensors& plain);
 // GGUF / ggml blocks (u8, N rows) -> packed weights of gguf_native_format(type).
 void op_gguf_import(const Core&, Stream&, int32_t ggml_type, const T& blocks, int64_t N, int64_t K, const T& packed);
 // out[..., N] = a[..., K] · Wᵀ (+ bias f32[N]) (+ residual, same shape and dtype as out).

@@ -572,16 +572,28 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
                        integer(info[4], "K", 1, kMaxDim), TENSOR(5, "out"));
   });
 }
+// The plain parts arrive as an object {codes, scales, mins?, superD?, superDmin?}.
+cpu::PlainTensors plain_arg(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject()) bad("plain", "an object of Tensors {codes, scales, mins, superD, superDmin}", v);
+  Napi::Object o = v.As<Napi::Object>();
+  cpu::PlainTensors p;
+  p.codes = TensorW::tensor_arg(env, o.Get("codes"), "codes");
+  p.scales = TensorW::tensor_arg(env, o.Get("scales"), "scales");
+  p.mins = TensorW::tensor_arg(env, o.Get("mins"), "mins", true);
+  p.super_d = TensorW::tensor_arg(env, o.Get("superD"), "superD", true);
+  p.super_dmin = TensorW::tensor_arg(env, o.Get("superDmin"), "superDmin", true);
+  return p;
+}
 Napi::Value QPack(const Napi::CallbackInfo& info) {
   return guard(info, "qpack", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_qpack(c.core, *c.stream, TENSOR(1, "codes"), TENSOR(2, "scales"), OPT_TENSOR(3, "mins"), format_arg(info[4], "format"),
-                  integer(info[5], "N", 1, kMaxDim), integer(info[6], "K", 1, kMaxDim), TENSOR(7, "out"));
+    cpu::op_qpack(c.core, *c.stream, plain_arg(env, info[1]), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
+                  integer(info[4], "K", 1, kMaxDim), TENSOR(5, "out"));
   });
 }
 Napi::Value QUnpack(const Napi::CallbackInfo& info) {
   return guard(info, "qunpack", [&](Napi::Env env, StreamCtx& c) {
     cpu::op_qunpack(c.core, *c.stream, TENSOR(1, "weights"), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
-                    integer(info[4], "K", 1, kMaxDim), TENSOR(5, "codes"), TENSOR(6, "scales"), OPT_TENSOR(7, "mins"));
+                    integer(info[4], "K", 1, kMaxDim), plain_arg(env, info[5]));
   });
 }
 Napi::Value GgufImport(const Napi::CallbackInfo& info) {

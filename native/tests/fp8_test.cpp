@@ -482,6 +482,7 @@ static void gemm_case(std::vector<IsaImpl>& isas, const Fp8Format& f, Fp8Act act
       CHECK(wr <= 1.0, "[%s] %s err/tol = %.3g", isas[i].name, buf, wr);
       CHECK(guard_ok, "[%s] %s wrote outside N", isas[i].name, buf);
       if (wr > worst[i].ratio) { worst[i].ratio = wr; worst[i].where = buf; }
+      if (cdt == DType::f32 && wr > worst[isas.size() + i].ratio) { worst[isas.size() + i].ratio = wr; worst[isas.size() + i].where = buf; }
     }
   }
   if (w8a8_err && act == Fp8Act::w8a8 && !resid && !bias)
@@ -666,7 +667,7 @@ int main(int argc, char** argv) {
 
   std::printf("fp8gemm:\n");
   ThreadPool pool(2);
-  std::vector<Worst> worst(isas.size());
+  std::vector<Worst> worst(2 * isas.size());  // [0, n): any output dtype; [n, 2n): f32 output
   const DType dts[3] = {DType::f32, DType::f16, DType::bf16};
   uint32_t seed = 1;
   int cases = 0;
@@ -698,7 +699,10 @@ int main(int argc, char** argv) {
     }
   std::printf("  %d shape/format cases\n", cases);
   for (size_t i = 0; i < isas.size(); ++i)
-    if (isas[i].on) std::printf("  worst err/tol %-17s %.3f  at %s\n", isas[i].name, worst[i].ratio, worst[i].where.c_str());
+    if (isas[i].on) {
+      std::printf("  worst err/tol %-17s %.3f  at %s\n", isas[i].name, worst[i].ratio, worst[i].where.c_str());
+      std::printf("    (f32 output: %.3f at %s)\n", worst[isas.size() + i].ratio, worst[isas.size() + i].where.c_str());
+    }
   std::printf("  (w8a8 activation quantization error, relative to sum|a*w|: worst %.3g)\n", w8a8_err);
   std::printf("%d passed, %d failed\n", g_pass, g_fail);
   return g_fail ? 1 : 0;

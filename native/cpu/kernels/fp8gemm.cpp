@@ -270,17 +270,21 @@ TY_NO_LOOP_HEADER_COPY static void gemv_panel(const Ctx& x, const uint8_t* P, co
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int u = 0; u < NA; ++u) acc[r][u] = _mm256_setzero_ps();
-    for (i64 k = k0; k < k1; k += 2) {
+    for (i64 k = k0; k < k1; k += 4) {  // one 64-byte line (4 rows of the panel) per step
       if (kPF) _mm_prefetch((const char*)(P + k * 16 + kPF), _MM_HINT_T0);
-      __m256 w0, w1, w2, w3;
-      cvt32<E4>(_mm256_loadu_si256((const __m256i*)(P + k * 16)), w0, w1, w2, w3);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const i64 kk = k + 2 * h;
+        __m256 w0, w1, w2, w3;
+        cvt32<E4>(_mm256_loadu_si256((const __m256i*)(P + kk * 16)), w0, w1, w2, w3);
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const __m256 a0 = _mm256_broadcast_ss(a + r * lda + k), a1 = _mm256_broadcast_ss(a + r * lda + k + 1);
-        acc[r][0] = _mm256_fmadd_ps(w0, a0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(w1, a0, acc[r][1]);
-        acc[r][NA == 4 ? 2 : 0] = _mm256_fmadd_ps(w2, a1, acc[r][NA == 4 ? 2 : 0]);
-        acc[r][NA == 4 ? 3 : 1] = _mm256_fmadd_ps(w3, a1, acc[r][NA == 4 ? 3 : 1]);
+        for (int r = 0; r < R; ++r) {
+          const __m256 a0 = _mm256_broadcast_ss(a + r * lda + kk), a1 = _mm256_broadcast_ss(a + r * lda + kk + 1);
+          acc[r][0] = _mm256_fmadd_ps(w0, a0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(w1, a0, acc[r][1]);
+          acc[r][NA == 4 ? 2 : 0] = _mm256_fmadd_ps(w2, a1, acc[r][NA == 4 ? 2 : 0]);
+          acc[r][NA == 4 ? 3 : 1] = _mm256_fmadd_ps(w3, a1, acc[r][NA == 4 ? 3 : 1]);
+        }
       }
     }
     __m256 s0, s1;

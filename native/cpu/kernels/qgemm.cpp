@@ -47,6 +47,12 @@ constexpr int kMC = 64;      // rows per task on the large-M path
 #define TY_QPF 1024
 #endif
 constexpr int kPF = TY_QPF;  // software prefetch distance in the weight stream (bytes)
+#ifndef TY_QPFK
+#define TY_QPFK 4096
+#endif
+// K-quant kernels (measured on the Zen 1 VM, M = 1 from DRAM, 1 thread: 1024 -> 4096 bytes
+// took q4k from 6.9 to 9.3 GB/s and q6k from 8.0 to 10.7 GB/s).
+constexpr int kPFq = TY_QPFK;
 
 // GCC 12 copies the loop header of the K loop and then fails to keep the accumulators in
 // place: every step gains one register move per accumulator (and spills for 16 of them).
@@ -513,7 +519,7 @@ TY_NO_LOOP_HEADER_COPY static void ukernel_kq(const QCtx& x, const uint8_t* w, i
           __m512i lo[NV], hi[NV];
 #pragma GCC unroll 2
           for (int v = 0; v < NV; ++v) {
-            if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
+            if (kPFq) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPFq), _MM_HINT_T0);
             const __m512i t = _mm512_loadu_si512(wb + v * pb + s * 64);
             lo[v] = _mm512_and_si512(t, nib);
             hi[v] = _mm512_and_si512(_mm512_srli_epi16(t, 4), nib);
@@ -530,7 +536,7 @@ TY_NO_LOOP_HEADER_COPY static void ukernel_kq(const QCtx& x, const uint8_t* w, i
           __m512i u[NV];
 #pragma GCC unroll 2
           for (int v = 0; v < NV; ++v) {
-            if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
+            if (kPFq) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPFq), _MM_HINT_T0);
             u[v] = _mm512_add_epi8(_mm512_loadu_si512(wb + v * pb + s * 64), c32);
           }
 #pragma GCC unroll 8
@@ -618,7 +624,7 @@ TY_NO_LOOP_HEADER_COPY static void ukernel_kq(const QCtx& x, const uint8_t* w, i
       for (int i = 0; i < 4; ++i) {
         const int64_t s = 4 * j + i;
 #pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) if (kPF) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPF), _MM_HINT_T0);
+        for (int v = 0; v < NV; ++v) if (kPFq) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPFq), _MM_HINT_T0);
         if constexpr (Q4) {
           __m256i a0[MR], a1[MR];
 #pragma GCC unroll 8
@@ -977,12 +983,24 @@ static void run_units(const Drv& d, const uint8_t* w, int64_t u0, int64_t u1, in
     }
 }
 
+// Rows per task on the tiled (large-M) path, and the order of its tasks (0: consecutive
+// tasks share a unit group and walk the row chunks; 1: consecutive tasks share a row chunk
+// and walk the unit groups). Compile-time knobs for tuning (native/tests/qgemm_bench.sh).
+#ifndef TY_QMC
+#define TY_QMC 64
+#endif
+#ifndef TY_QORDER
+#define TY_QORDER 0
+#endif
+constexpr int kRowsTask = TY_QMC;
+
 struct SegPlan {
   int64_t tasks = 0;
   bool small = false;
   int64_t per = 1;   // small: units per task
   int64_t ugrp = 1;  // tiled: units per task
   int64_t nmc = 1;   // tiled: row chunks
+  int64_t ngrp = 1;  // tiled: unit groups
 };
 static SegPlan plan_segment(int64_t rows, int64_t U, bool swiglu, int threads) {
   SegPlan s;
@@ -994,7 +1012,8 @@ static SegPlan plan_segment(int64_t rows, int64_t U, bool swiglu, int threads) {
     s.tasks = (U + s.per - 1) / s.per;
   } else {
     s.ugrp = swiglu ? 1 : kNV;
-    s.nmc = (rows + kMC - 1) / kMC;
+    s.nmc = (rows + kRowsTask - 1) / kRowsTask;
+    s.ngrp = (U + s.ugrp - 1) / s.ugrp;
     s.tasks = ((U + s.ugrp - 1) / s.ugrp) * s.nmc;
   }
   return s;
@@ -1005,8 +1024,9 @@ static void run_task(const Drv& d, const uint8_t* w, int64_t mb, int64_t me, int
     const int64_t u0 = t * s.per, u1 = u0 + s.per < U ? u0 + s.per : U;
     run_units(d, w, u0, u1, mb, me);
   } else {
-    const int64_t u0 = (t / s.nmc) * s.ugrp, u1 = u0 + s.ugrp < U ? u0 + s.ugrp : U;
-    const int64_t r0 = mb + (t % s.nmc) * kMC, r1 = r0 + kMC < me ? r0 + kMC : me;
+    const int64_t grp = TY_QORDER ? t % s.ngrp : t / s.nmc, mc = TY_QORDER ? t / s.ngrp : t % s.nmc;
+    const int64_t u0 = grp * s.ugrp, u1 = u0 + s.ugrp < U ? u0 + s.ugrp : U;
+    const int64_t r0 = mb + mc * kRowsTask, r1 = r0 + kRowsTask < me ? r0 + kRowsTask : me;
     run_units(d, w, u0, u1, r0, r1);
   }
 }
