@@ -7,7 +7,7 @@ import { loadRuntime, Isa } from '../runtime/runtime';
 import { version } from '../version';
 import { makeReport, measureMachine, printReport, writeJson } from '../bench/common';
 import { runMain } from '../bench/main';
-import { runGemm } from '../bench/gemm';
+import { GEMM_FORMATS, runGemm } from '../bench/gemm';
 
 const SUITES = ['main', 'gemm', 'attention', 'e2e', 'serve'] as const;
 
@@ -52,7 +52,10 @@ export function main(argv: string[]): void {
     .option('--threads <n>', 'compute threads')
     .option('--isa <isa>', 'force an ISA variant (scalar, avx2, avx512)')
     .option('--quick', 'smaller shapes (smoke test)')
-    .option('--formats <list>', 'gemm: comma-separated formats (int4-g32,int4-g128,int8,bf16)')
+    .option(
+      '--formats <list>',
+      `gemm: comma-separated formats (${GEMM_FORMATS.map((f) => f.name).join(',')})`,
+    )
     .option('--batches <list>', 'gemm: comma-separated batch sizes M')
     .option('--shapes <list>', 'gemm: comma-separated NxK shapes')
     .action(
