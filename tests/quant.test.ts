@@ -660,3 +660,71 @@ describe.each(isasToTest())('GGUF K-quants (Q4_K, Q6_K) isa %s', (isa) => {
     },
   );
 });
+
+describe('quantized bad input: fp8, fused, grouped', () => {
+  let rt: Runtime;
+  beforeAll(async () => {
+    rt = await loadRuntime({ threads: 2 });
+  });
+  afterAll(() => rt.dispose());
+
+  test('each mistake raises a KernelError naming the argument, and nothing is left half-done', async () => {
+    const w = rt.tensor(f32Weights(32, 64, 1), [32, 64]);
+    // fp8 plain parts with the wrong scale shape
+    const q8 = ops.quantize(w, { kind: 'fp8e4m3', scaleBlock: 'channel' });
+    const p = q8.unpack();
+    const wrongScales = rt.tensor(new Float32Array(3), [3]);
+    expect(() =>
+      ops.packQuantized(
+        { codes: p.codes, scales: wrongScales },
+        { kind: 'fp8e4m3', scaleBlock: 'channel' },
+        [32, 64],
+      ),
+    ).toThrow(expect.objectContaining({ code: 'E_SHAPE', arg: 'scales' }));
+    expect(() => ops.quantize(w, { kind: 'fp8e4m3', scaleBlock: 'rows' as 'tensor' })).toThrow(
+      expect.objectContaining({ arg: 'format.scaleBlock' }),
+    );
+    // fp8 cannot be fused or grouped
+    expect(() => ops.fuseGateUp(q8, q8)).toThrow(
+      expect.objectContaining({ code: 'E_UNSUPPORTED', arg: 'format' }),
+    );
+    // fused gate/up needs matching halves, and refuses dequantize / residual
+    const g = ops.quantize(w, { kind: 'int8', group: 32 });
+    const u = ops.quantize(rt.tensor(f32Weights(16, 64, 2), [16, 64]), { kind: 'int8', group: 32 });
+    expect(() => ops.fuseGateUp(g, u)).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'up' }),
+    );
+    const gu = ops.fuseGateUp(g, g);
+    expect(() => gu.dequantize()).toThrow(
+      expect.objectContaining({ code: 'E_UNSUPPORTED', arg: 'format' }),
+    );
+    const a = rt.tensor(new Float32Array(2 * 64), [2, 64]);
+    expect(() => ops.qmatmul(a, gu, { residual: rt.empty([2, 32]) })).toThrow(
+      expect.objectContaining({ code: 'E_UNSUPPORTED', arg: 'residual' }),
+    );
+    expect(() => ops.qmatmul(a, gu, { bias: rt.tensor(new Float32Array(32), [32]) })).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'bias' }),
+    );
+    // grouped: offsets of the wrong length, experts that differ, wrong dtypes
+    const rows = rt.tensor(Int32Array.from([0, 1]), [2], { dtype: 'i32' });
+    const off3 = rt.tensor(Int32Array.from([0, 1, 2]), [3], { dtype: 'i32' });
+    expect(() => ops.qmatmulGrouped(a, [g], rows, off3)).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'offsets' }),
+    );
+    expect(() => ops.qmatmulGrouped(a, [g, u], rows, off3)).toThrow(
+      expect.objectContaining({ code: 'E_SHAPE', arg: 'experts[1]' }),
+    );
+    const rowsF = rt.tensor(Float32Array.from([0, 1]), [2]);
+    expect(() => ops.qmatmulGrouped(a, [g, g], rowsF, off3)).toThrow(
+      expect.objectContaining({ code: 'E_DTYPE', arg: 'rows' }),
+    );
+    // offsets that do not end at R are refused on the stream; the stream recovers
+    const offBad = rt.tensor(Int32Array.from([0, 1, 5]), [3], { dtype: 'i32' });
+    ops.qmatmulGrouped(a, [g, g], rows, offBad);
+    await expect(rt.synchronize()).rejects.toMatchObject({ arg: 'offsets' });
+    rt.defaultStream.reset();
+    const ok = await ops.qmatmulGrouped(a, [g, g], rows, off3).toFloat32();
+    expect(ok.length).toBe(2 * 32);
+    expect(ok.every(Number.isFinite)).toBe(true);
+  });
+});
