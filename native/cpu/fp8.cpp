@@ -118,7 +118,7 @@ void fp8_repack(const Fp8Plain& in, uint8_t* out) {
     const int64_t nc = N - n0 < kFp8Panel ? N - n0 : kFp8Panel;
     for (int64_t c = 0; c < nc; ++c) {
       const uint8_t* row = in.codes + (n0 + c) * K;
-      for (int64_t k = 0; k < K; ++k) P[k * kFp8Panel + c] = row[k];
+      for (int64_t k = 0; k < K; ++k) P[fp8_code_pos(f.dtype, k, (int)c)] = fp8_stored_byte(f.dtype, row[k]);
     }
     float* S = reinterpret_cast<float*>(P + L.scale_off);
     if (f.scale == Fp8Scale::block128) {
@@ -141,7 +141,7 @@ void fp8_unpack(const Fp8Packed& in, const Fp8Plain& out) {
     const int64_t nc = N - n0 < kFp8Panel ? N - n0 : kFp8Panel;
     for (int64_t c = 0; c < nc; ++c) {
       uint8_t* row = out.codes + (n0 + c) * K;
-      for (int64_t k = 0; k < K; ++k) row[k] = P[k * kFp8Panel + c];
+      for (int64_t k = 0; k < K; ++k) row[k] = fp8_stored_byte(f.dtype, P[fp8_code_pos(f.dtype, k, (int)c)]);
     }
     float S[kFp8Panel];
     const float* Sp = reinterpret_cast<const float*>(P + L.scale_off);

@@ -137,9 +137,16 @@ static inline int64_t fp8_scale_index(const Fp8Format& f, int64_t K, int64_t n, 
 // ---- repacked layout ------------------------------------------------------------------
 // N is split into panels of 16 output channels (the last one zero-padded); K is padded
 // with zero codes to Kp = a multiple of 16. A panel is contiguous and 64-byte aligned:
-//   [codes: Kp x 16 bytes, byte (k, c) at k*16 + c][scales][pad to 64]
-// i.e. each panel row k holds the 16 channels' codes of column k (the f32 lanes of the
-// kernels are channels). Codes are stored unchanged (raw e4m3 / e5m2 bytes).
+//   [codes: Kp x 16 bytes][scales][pad to 64]
+// The code of (k, channel c of the panel) is the byte at fp8_code_pos(dtype, k, c), stored
+// as fp8_stored_byte(dtype, code):
+//   e5m2: position k*16 + c, the code unchanged (each 16-byte row k = the 16 channels);
+//   e4m3: within each 32-byte group g = k/2 (rows 2g, 2g+1), position
+//         32g + 16*((c>>2)&1) + 8*(k&1) + 4*(c>>3) + (c&3), the code nibble-swapped
+//         (e0 m2 m1 m0 | s e3 e2 e1). Both are chosen so that AVX2 builds the f32 bits of
+//         value * 2^-120 with two ANDs, one vpshufb and two unpack levels (no shift, no
+//         vcvtph2ps), the channels coming out in order: see fp8gemm.cpp.
+// The f32 lanes of the kernels are channels.
 // Scales (f32): tensor / channel: 16 floats, lane c = scale of channel c of the panel
 // (tensor: the one scale repeated; padding channels: 0). block128: ceil(K/128) floats,
 // float b = scale of the 128 x 128 block holding this panel's channels and columns
@@ -154,6 +161,16 @@ struct Fp8PackedLayout {
   size_t total;         // bytes of the whole repacked tensor
 };
 static constexpr int kFp8Panel = 16;
+
+// Byte offset of (k, c) within a panel's code area (c in [0, 16)).
+static inline int64_t fp8_code_pos(DType t, int64_t k, int c) {
+  if (t != DType::fp8e4m3) return k * 16 + c;
+  return (k >> 1) * 32 + ((c >> 2) & 1) * 16 + (k & 1) * 8 + (c >> 3) * 4 + (c & 3);
+}
+// Code -> stored byte, and back (the e4m3 nibble swap is its own inverse).
+static inline uint8_t fp8_stored_byte(DType t, uint8_t b) {
+  return t == DType::fp8e4m3 ? (uint8_t)((b << 4) | (b >> 4)) : b;
+}
 
 static inline Fp8PackedLayout fp8_packed_layout(const Fp8Format& f, int64_t N, int64_t K) {
   Fp8PackedLayout L;
