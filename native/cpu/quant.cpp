@@ -208,18 +208,24 @@ void kq_repack(const QPlain& in, uint8_t* out) {
   const bool q4 = f.kind == QKind::q4k;
   const QPackedLayout L = q_packed_layout(f, in.N, in.K);
   const int64_t N = in.N, K = in.K, SL = q_sub_len(f), ns = K / SL, per = kQSuper / SL, nsb = L.nb;
-  std::memset(out, 0, L.total);  // padding channels: code 0, scales 0 (weight 0)
+  // Padding channels: code 0 (q4k u = 0, q6k u = 32) and scales 0, i.e. the weight 0.
+  std::memset(out, 0, L.total);
   for (int64_t p = 0; p < L.panels; ++p) {
     uint8_t* P = out + p * L.panel_bytes;
     for (int c = 0; c < kQPanel; ++c) {
       const int64_t n = p * kQPanel + c;
-      if (n >= N) continue;
+      if (n >= N) {
+        if (!q4)
+          for (int64_t b = 0; b < nsb; ++b)
+            for (int64_t kl = 0; kl < kQSuper; ++kl) P[b * L.wblock_bytes + (kl / 4) * 64 + 4 * c + (kl & 3)] = 32;
+        continue;
+      }
       for (int64_t b = 0; b < nsb; ++b) {
         uint8_t* W = P + b * L.wblock_bytes;
         for (int64_t kl = 0; kl < kQSuper; ++kl) {
           const int q = kq_get(in, n, b * kQSuper + kl);
           if (!q4) {
-            W[(kl / 4) * 64 + 4 * c + (kl & 3)] = (uint8_t)(int8_t)q;
+            W[(kl / 4) * 64 + 4 * c + (kl & 3)] = (uint8_t)(q + 32);  // u = q + 32 in [0, 63]
           } else {
             uint8_t* byte = W + (kl / 8) * 64 + 4 * c + (kl & 3);
             if ((kl & 7) < 4) *byte = (uint8_t)((*byte & 0xf0) | q);
@@ -250,7 +256,7 @@ void kq_unpack(const QPacked& in, const QPlain& out) {
       for (int64_t kl = 0; kl < kQSuper; ++kl) {
         int q;
         if (!q4) {
-          q = (int8_t)W[(kl / 4) * 64 + 4 * c + (kl & 3)];
+          q = (int)W[(kl / 4) * 64 + 4 * c + (kl & 3)] - 32;
         } else {
           const uint8_t byte = W[(kl / 8) * 64 + 4 * c + (kl & 3)];
           q = (kl & 7) < 4 ? (byte & 15) : (byte >> 4);

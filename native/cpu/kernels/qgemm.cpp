@@ -495,7 +495,7 @@ TY_NO_LOOP_HEADER_COPY static void ukernel_kq(const QCtx& x, const uint8_t* w, i
   const int8_t* qa = x.qa + m0 * x.lqa;
   const int16_t* ssub = x.ssub + m0 * x.lsub;
   const int64_t lqa = x.lqa, pb = x.pb, lsub = x.lsub;
-  const __m512i nib = _mm512_set1_epi8(0x0f), c32 = _mm512_set1_epi8(32);
+  const __m512i nib = _mm512_set1_epi8(0x0f);
   for (int64_t b = 0; b < x.nb; ++b) {
     const uint8_t* wb = w + b * x.wblock;
     const int8_t* a = qa + b * 256;
@@ -537,7 +537,7 @@ TY_NO_LOOP_HEADER_COPY static void ukernel_kq(const QCtx& x, const uint8_t* w, i
 #pragma GCC unroll 2
           for (int v = 0; v < NV; ++v) {
             if (kPFq) _mm_prefetch((const char*)(wb + v * pb + s * 64 + kPFq), _MM_HINT_T0);
-            u[v] = _mm512_add_epi8(_mm512_loadu_si512(wb + v * pb + s * 64), c32);
+            u[v] = _mm512_loadu_si512(wb + v * pb + s * 64);  // u = q + 32
           }
 #pragma GCC unroll 8
           for (int r = 0; r < MR; ++r) {
@@ -644,24 +644,60 @@ TY_NO_LOOP_HEADER_COPY static void ukernel_kq(const QCtx& x, const uint8_t* w, i
                                             _mm256_maddubs_epi16(hi, a1[r]));
           }
         } else {
+          // u = q + 32 in [0, 63]: two maddubs (<= 2 * 2*63*127 = 32004) per int16 run
           __m256i av[MR];
 #pragma GCC unroll 8
           for (int r = 0; r < MR; ++r) av[r] = _mm256_set1_epi32(ld32(a + r * lqa + 4 * s));
 #pragma GCC unroll 4
           for (int h = 0; h < NH; ++h) {
-            const __m256i ws = _mm256_loadu_si256((const __m256i*)(wb + (h >> 1) * pb + s * 64 + (h & 1) * 32));
-            const __m256i wa = _mm256_abs_epi8(ws);
+            const __m256i u = _mm256_loadu_si256((const __m256i*)(wb + (h >> 1) * pb + s * 64 + (h & 1) * 32));
 #pragma GCC unroll 8
-            for (int r = 0; r < MR; ++r)
-              p16[r][h] = _mm256_adds_epi16(p16[r][h], _mm256_maddubs_epi16(wa, _mm256_sign_epi8(av[r], ws)));
+            for (int r = 0; r < MR; ++r) p16[r][h] = _mm256_adds_epi16(p16[r][h], _mm256_maddubs_epi16(u, av[r]));
+          }
+          if (i & 1) {
+#pragma GCC unroll 4
+            for (int h = 0; h < NH; ++h) {
+              const __m256i sc = scale_pairs8<true>(wb + (h >> 1) * pb + x.sub_off + j * 16, h & 1);
+#pragma GCC unroll 8
+              for (int r = 0; r < MR; ++r) {
+                tot[r][h] = _mm256_add_epi32(tot[r][h], _mm256_madd_epi16(p16[r][h], sc));
+                p16[r][h] = _mm256_setzero_si256();
+              }
+            }
           }
         }
       }
+      if constexpr (Q4) {
+#pragma GCC unroll 4
+        for (int h = 0; h < NH; ++h) {
+          const __m256i sc = scale_pairs8<false>(wb + (h >> 1) * pb + x.sub_off + j * 16, h & 1);
+#pragma GCC unroll 8
+          for (int r = 0; r < MR; ++r) tot[r][h] = _mm256_add_epi32(tot[r][h], _mm256_madd_epi16(p16[r][h], sc));
+        }
+      }
+    }
+    if constexpr (!Q4) {
+      // q6k: remove the +32 offset: tot -= 32 * sum_j sc_j * S_j, the sum as vpmaddwd of
+      // (sc_2p, sc_2p+1) int16 pairs with the activation sums (S_2p, S_2p+1).
 #pragma GCC unroll 4
       for (int h = 0; h < NH; ++h) {
-        const __m256i sc = scale_pairs8<!Q4>(wb + (h >> 1) * pb + x.sub_off + j * 16, h & 1);
+        const uint8_t* sp = wb + (h >> 1) * pb + x.sub_off;
+        __m256i scp[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) tot[r][h] = _mm256_add_epi32(tot[r][h], _mm256_madd_epi16(p16[r][h], sc));
+        for (int q = 0; q < 8; ++q) {
+          const __m128i x0 = _mm_loadu_si128((const __m128i*)(sp + 32 * q));
+          const __m128i x1 = _mm_loadu_si128((const __m128i*)(sp + 32 * q + 16));
+          scp[q] = _mm256_cvtepi8_epi16((h & 1) ? _mm_unpackhi_epi8(x0, x1) : _mm_unpacklo_epi8(x0, x1));
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+          const int16_t* S = ssub + r * lsub + b * 16;
+          __m256i cs = _mm256_madd_epi16(scp[0], _mm256_set1_epi32(ld32((const int8_t*)S)));
+#pragma GCC unroll 7
+          for (int q = 1; q < 8; ++q)
+            cs = _mm256_add_epi32(cs, _mm256_madd_epi16(scp[q], _mm256_set1_epi32(ld32((const int8_t*)(S + 2 * q)))));
+          tot[r][h] = _mm256_sub_epi32(tot[r][h], _mm256_slli_epi32(cs, 5));
+        }
       }
     }
     // flush the super-block
@@ -716,7 +752,7 @@ static void ukernel_kq(const QCtx& x, const uint8_t* w, int64_t m0, float* out) 
               const uint8_t byte = wb[(kl / 8) * 64 + 4 * c + (kl & 3)];
               q = (kl & 7) < 4 ? (byte & 15) : (byte >> 4);
             } else {
-              q = (int8_t)wb[(kl / 4) * 64 + 4 * c + (kl & 3)];
+              q = (int)wb[(kl / 4) * 64 + 4 * c + (kl & 3)] - 32;
             }
             for (int r = 0; r < MR; ++r) dot[r][c] += q * a[r * x.lqa + kl];
           }
@@ -951,6 +987,8 @@ struct Drv {
   int mrx = 1;
 };
 
+static_assert(kMRq <= kMR, "run_units sizes its tiles by kMR rows");
+
 // Units [u0, u1) x rows [mb, me) of the weights at w.
 static void run_units(const Drv& d, const uint8_t* w, int64_t u0, int64_t u1, int64_t mb, int64_t me) {
   alignas(64) float out[kMR * 32];
@@ -985,7 +1023,9 @@ static void run_units(const Drv& d, const uint8_t* w, int64_t u0, int64_t u1, in
 
 // Rows per task on the tiled (large-M) path, and the order of its tasks (0: consecutive
 // tasks share a unit group and walk the row chunks; 1: consecutive tasks share a row chunk
-// and walk the unit groups). Compile-time knobs for tuning (native/tests/qgemm_bench.sh).
+// and walk the unit groups). Compile-time knobs (-DTY_QMC=, -DTY_QORDER=); A/B-measured on
+// the 2-core AVX2 VM (M = 512, 4096x4096 and 4096x11008): 32 / 64 / 128 rows and either
+// order all within 2% of each other.
 #ifndef TY_QMC
 #define TY_QMC 64
 #endif

@@ -119,8 +119,8 @@ static inline size_t q_plain_super_bytes(const QuantFormat& f, int64_t N, int64_
 //   q4k super-block (2304 B): [int4 weights as above, u = q: 2048 B]
 //        [sc u8 [8 sub][16 ch]: 128 B at sub_off][m u8 [4 pairs][16 ch][2]: 128 B at
 //        submin_off; byte p*32 + 2c + t = m of sub-block 2p+t, channel c]
-//   q6k super-block (4352 B): [int8 layout as above, the SIGNED code q stored as is
-//        (two's complement, not offset): 4096 B][sc int8 [16 sub][16 ch]: 256 B at sub_off]
+//   q6k super-block (4352 B): [int8 layout as above with u = q + 32 in [0, 63]: 4096 B]
+//        [sc int8 [16 sub][16 ch]: 256 B at sub_off]
 struct QPackedLayout {
   int64_t panels;        // ceil(N / 16)
   int64_t nb;            // blocks per row
@@ -291,7 +291,8 @@ void qgemm_check(const QGemmArgs& a, int64_t K_of_A);
 
 // ==== fused SwiGLU gate/up and grouped (MoE) GEMM ======================================
 // (Section owned by the fused/grouped quantized GEMM work; kernels at the end of
-// native/cpu/kernels/qgemm.cpp, non-variant code in native/cpu/qgemm_fused.cpp.)
+// native/cpu/kernels/qgemm.cpp, non-variant code in native/cpu/qgemm_fused.cpp, except
+// qgemm_epilogue_check, which is at the end of native/cpu/quant.cpp next to qgemm_check.)
 //
 // Gate/up layout. A Llama MLP computes h = silu(A·Wgᵀ) ⊙ (A·Wuᵀ) with Wg, Wu both [F, K]
 // of the same QuantFormat. q_repack_gate_up() stores them as ONE tensor of panels in the
