@@ -12,7 +12,7 @@
 //       avx512: f32 16 chains x 16 lanes; bf16 16 x vdpbf16ps (32 MACs each);
 //               int8 24 x vpdpbusd (64 MACs each; 12 chains, unrolled twice)
 //       avx2:   f32 12 chains x 8 lanes (bf16 runs the same loop and counts the same);
-//               int8 10 chains x (vpmaddubsw + vpmaddwd + vpaddd) = 32 MACs each
+//               int8 10 chains x (vpmaddubsw + vpaddsw) = 32 MACs each
 //       scalar: f32 16 chains of multiply + add (bf16 the same); int8 16 chains of one
 //               integer multiply-add each (the compiler may vectorise these with SSE2)
 // sink (may be null) must hold par.threads() doubles; task t writes sink[t] (task index,
@@ -248,13 +248,16 @@ __attribute__((noinline)) double dot_int8_loop(int64_t iters) {
 #elif defined(__AVX2__)
 constexpr int64_t kInt8MacsPerIter = 10 * 32;
 inline double dot_int8_loop(int64_t iters) {
-  // Each step is the AVX2 int8 GEMM inner step: vpmaddubsw (u8 x s8 -> i16 pairs),
-  // vpmaddwd with ones (-> i32), vpaddd. The accumulator itself is the u8 operand, so the
-  // products depend on the loop and cannot be hoisted out of it.
-  const __m256i w = _mm256_set1_epi8(-2), ones = _mm256_set1_epi16(1);
+  // The peak is the rate of the instruction that does the multiplies: vpmaddubsw (32
+  // u8 x s8 products, summed in pairs to i16), accumulated with vpaddsw, as the int4 and
+  // K-quant kernels do between widenings. (Widening every step with vpmaddwd + vpaddd, as
+  // the int8 kernel must, halves the rate on cores where both run on the same pipe, such
+  // as Zen 1: measuring that sequence made the int4 kernels read above 100% of "peak".)
+  // The accumulator itself is the u8 operand, so the products depend on the loop and
+  // cannot be hoisted out of it.
+  const __m256i w = _mm256_set1_epi8(-2);
 #define TY_P_DECL(j) __m256i c##j = _mm256_set1_epi32(j);
-#define TY_P_STEP(j) \
-  c##j = _mm256_add_epi32(c##j, _mm256_madd_epi16(_mm256_maddubs_epi16(c##j, w), ones));
+#define TY_P_STEP(j) c##j = _mm256_adds_epi16(c##j, _mm256_maddubs_epi16(c##j, w));
 #define TY_P_X10(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
   TY_P_X10(TY_P_DECL)
   for (int64_t i = 0; i < iters; ++i) {
