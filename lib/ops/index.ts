@@ -37,3 +37,20 @@ export type {
   IntQuantFormat,
   Fp8QuantFormat,
 } from './quant';
+export {
+  createKvCache,
+  KvCache,
+  kvAppend,
+  planAttention,
+  AttentionPlan,
+  attention,
+  attentionMerge,
+  kvCopyBlocks,
+} from './attention';
+export type {
+  KvDType,
+  KvCacheOptions,
+  AttentionPageTable,
+  PlanAttentionOptions,
+  AttentionOptions,
+} from './attention';

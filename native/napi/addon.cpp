@@ -15,6 +15,7 @@
 
 #include "../cpu/ops.h"
 #include "../cpu/qops.h"
+#include "../cpu/aops.h"
 #include "tachyon/cuda_probe.h"
 
 #ifndef TY_HAVE_CUDA
@@ -631,6 +632,114 @@ Napi::Value QMatmul(const Napi::CallbackInfo& info) {
   });
 }
 
+// Paged KV cache and attention. A cache arrives as {dtype, layers, blocks, kvHeads,
+// blockSize, headDim, data: Tensor(u8), scales: Tensor(f32) | null}; a plan is an External
+// holding the native plan (its page table copied in).
+KvCache kv_geometry(Napi::Value v) {
+  if (!v.IsObject()) bad("cache", "a KV cache object", v);
+  Napi::Object o = v.As<Napi::Object>();
+  KvCache c;
+  c.dtype = dtype_arg(o.Get("dtype"), "cache.dtype");
+  c.layers = (int32_t)integer(o.Get("layers"), "cache.layers", 1, 1 << 16);
+  c.blocks = (int32_t)integer(o.Get("blocks"), "cache.blocks", 1, 1 << 30);
+  c.kvHeads = (int32_t)integer(o.Get("kvHeads"), "cache.kvHeads", 1, 1 << 12);
+  c.blockSize = (int32_t)integer(o.Get("blockSize"), "cache.blockSize", 1, 1024);
+  c.headDim = (int32_t)integer(o.Get("headDim"), "cache.headDim", 1, 1 << 12);
+  return c;
+}
+cpu::KvCacheT kv_cache_arg(Napi::Env env, Napi::Value v) {
+  KvCache g = kv_geometry(v);
+  Napi::Object o = v.As<Napi::Object>();
+  return cpu::make_kv_cache(g, TensorW::tensor_arg(env, o.Get("data"), "cache.data"),
+                            TensorW::tensor_arg(env, o.Get("scales"), "cache.scales", true));
+}
+struct PlanHolder {
+  static constexpr uint32_t kMagic = 0x7459504c;  // identifies our Externals
+  uint32_t magic = kMagic;
+  std::shared_ptr<cpu::PlanT> plan;
+};
+std::shared_ptr<cpu::PlanT> plan_arg(Napi::Value v) {
+  if (!v.IsExternal()) bad("plan", "an attention plan (from planAttention)", v);
+  auto* h = v.As<Napi::External<PlanHolder>>().Data();
+  if (!h || h->magic != PlanHolder::kMagic) bad("plan", "an attention plan (from planAttention)", v);
+  return h->plan;
+}
+std::vector<int32_t> i32_array(Napi::Value v, const char* arg) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) bad(arg, "an Int32Array", v);
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+Napi::Value KvCacheSizes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    size_t bytes;
+    int64_t ns;
+    cpu::kv_cache_sizes(kv_geometry(info[0]), &bytes, &ns);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("dataBytes", (double)bytes);
+    o.Set("scaleCount", (double)ns);
+    return o;
+  } catch (const Error& e) {
+    throw_ty(env, e, "kvCache");
+  }
+}
+Napi::Value PlanAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    KvCache g = kv_geometry(info[0]);
+    const int32_t qHeads = (int32_t)integer(info[1], "qHeads", 1, 1 << 12);
+    std::vector<int32_t> qo = i32_array(info[2], "qoIndptr"), ip = i32_array(info[3], "indptr"),
+                         ix = i32_array(info[4], "indices"), lp = i32_array(info[5], "lastPageLen");
+    const int32_t threads = (int32_t)integer(info[6], "threads", 1, 1024);
+    const int32_t split = (int32_t)integer(info[7], "splitTokens", 0, 1 << 30);
+    if (ip.empty()) bad("indptr", "an Int32Array of batch + 1 offsets", info[3]);
+    const int32_t batch = (int32_t)ip.size() - 1;
+    if ((int64_t)qo.size() != batch + 1)
+      throw Error(Code::SHAPE, "Expected " + std::to_string(batch + 1) + " elements for qoIndptr (batch + 1) but received " +
+                                   std::to_string(qo.size()), "qoIndptr");
+    if ((int64_t)lp.size() != batch)
+      throw Error(Code::SHAPE, "Expected " + std::to_string(batch) + " elements for lastPageLen (batch) but received " +
+                                   std::to_string(lp.size()), "lastPageLen");
+    auto plan = cpu::make_attention_plan(batch, qo.data(), ip.data(), ix.data(), (int64_t)ix.size(), lp.data(), g.blockSize,
+                                         qHeads, g.kvHeads, g.headDim, threads, split);
+    auto* h = new PlanHolder();
+    h->plan = std::move(plan);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("handle", Napi::External<PlanHolder>::New(env, h, [](Napi::Env, PlanHolder* p) { delete p; }));
+    o.Set("totalQ", h->plan->plan.totalQ);
+    o.Set("workItems", h->plan->plan.nWork);
+    o.Set("merges", h->plan->plan.nMerge);
+    return o;
+  } catch (const Error& e) {
+    throw_ty(env, e, "planAttention");
+  }
+}
+Napi::Value KvAppend(const Napi::CallbackInfo& info) {
+  return guard(info, "kvAppend", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_kv_append(c.core, *c.stream, kv_cache_arg(env, info[1]), (int32_t)integer(info[2], "layer", 0, 1 << 16),
+                      TENSOR(3, "k"), TENSOR(4, "v"), TENSOR(5, "slots"));
+  });
+}
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  return guard(info, "attention", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_attention(c.core, *c.stream, plan_arg(info[1]), kv_cache_arg(env, info[2]), (int32_t)integer(info[3], "layer", 0, 1 << 16),
+                      TENSOR(4, "q"), TENSOR(5, "out"), OPT_TENSOR(6, "lse"), (float)num(info[7], "smScale"),
+                      (float)num(info[8], "softCap"), (int32_t)integer(info[9], "window", 0, INT32_MAX));
+  });
+}
+Napi::Value AttentionMerge(const Napi::CallbackInfo& info) {
+  return guard(info, "attentionMerge", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_attention_merge(c.core, *c.stream, TENSOR(1, "oA"), TENSOR(2, "lseA"), TENSOR(3, "oB"), TENSOR(4, "lseB"),
+                            TENSOR(5, "out"), TENSOR(6, "lse"));
+  });
+}
+Napi::Value KvCopyBlocks(const Napi::CallbackInfo& info) {
+  return guard(info, "kvCopyBlocks", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_kv_copy_blocks(c.core, *c.stream, kv_cache_arg(env, info[1]), TENSOR(2, "pairs"));
+  });
+}
+
 Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "Expected a constructor for errorClass");
   inst(info.Env()).error_ctor = Napi::Persistent(info[0].As<Napi::Function>());
@@ -689,6 +798,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("qmatmul", Napi::Function::New(env, QMatmul));
   exports.Set("fuseGateUp", Napi::Function::New(env, FuseGateUp));
   exports.Set("qmatmulGrouped", Napi::Function::New(env, QMatmulGrouped));
+  exports.Set("kvCacheSizes", Napi::Function::New(env, KvCacheSizes));
+  exports.Set("planAttention", Napi::Function::New(env, PlanAttention));
+  exports.Set("kvAppend", Napi::Function::New(env, KvAppend));
+  exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("attentionMerge", Napi::Function::New(env, AttentionMerge));
+  exports.Set("kvCopyBlocks", Napi::Function::New(env, KvCopyBlocks));
   return exports;
 }
 
