@@ -8,6 +8,7 @@ import { version } from '../version';
 import { makeReport, measureMachine, printReport, writeJson } from '../bench/common';
 import { runMain } from '../bench/main';
 import { GEMM_FORMATS, runGemm } from '../bench/gemm';
+import { runAttention } from '../bench/attention';
 
 const SUITES = ['main', 'gemm', 'attention', 'e2e', 'serve'] as const;
 
@@ -77,9 +78,9 @@ export function main(argv: string[]): void {
           process.exitCode = 2;
           return;
         }
-        if (suite !== 'main' && suite !== 'gemm') {
+        if (suite !== 'main' && suite !== 'gemm' && suite !== 'attention') {
           console.error(
-            `Suite '${suite}' is not implemented yet in this version. Available now: main, gemm`,
+            `Suite '${suite}' is not implemented yet in this version. Available now: main, gemm, attention`,
           );
           process.exitCode = 2;
           return;
@@ -100,7 +101,9 @@ export function main(argv: string[]): void {
                 batches: list(o.batches)?.map(Number),
                 shapes: list(o.shapes),
               })
-            : await runMain(rt, machine, { repeats, quick: o.quick });
+            : suite === 'attention'
+              ? await runAttention(rt, machine, { repeats, quick: o.quick })
+              : await runMain(rt, machine, { repeats, quick: o.quick });
         const report = makeReport(machine, results);
         printReport(report);
         if (o.json) {
