@@ -252,4 +252,55 @@ describe.each(isasToTest())('paged attention isa %s', (isa) => {
     expect(o1.every((x) => x === 0)).toBe(true); // zero K/V: output is the zero V row
     cache.dispose();
   });
+
+  test.each(['f16', 'int8'] as const)(
+    '%s: copy-on-write copies and swap out/in move KV exactly',
+    async (dtype) => {
+      const [bs, kvH, d, qH] = [4, 2, 16, 4];
+      const cache = ops.createKvCache(rt, {
+        layers: 2,
+        blocks: 10,
+        kvHeads: kvH,
+        blockSize: bs,
+        headDim: d,
+        dtype,
+      });
+      const n = 7; // tokens in blocks 0 and 1 (last page 3)
+      const k = rt.tensor(Float32Array.from(randn(n * kvH * d, 1)), [n, kvH, d]);
+      const v = rt.tensor(Float32Array.from(randn(n * kvH * d, 2)), [n, kvH, d]);
+      for (const layer of [0, 1])
+        ops.kvAppend(
+          cache,
+          layer,
+          k,
+          v,
+          Int32Array.from({ length: n }, (_, i) => i),
+        );
+      const q = rt.tensor(Float32Array.from(randn(qH * d, 3)), [1, qH, d]);
+      const run = async (b0: number, b1: number): Promise<Float32Array> => {
+        const plan = ops.planAttention(
+          cache,
+          {
+            qoIndptr: Int32Array.from([0, 1]),
+            indptr: Int32Array.from([0, 2]),
+            indices: Int32Array.from([b0, b1]),
+            lastPageLen: Int32Array.from([3]),
+          },
+          { qHeads: qH },
+        );
+        return ops.attention(plan, cache, 1, q).toFloat32();
+      };
+      const base = await run(0, 1);
+      ops.kvCopyBlocks(cache, Int32Array.from([0, 7, 1, 8]));
+      expect(await run(7, 8)).toEqual(base);
+      const host = ops.kvSwapOut(cache, Int32Array.from([0, 1]));
+      ops.kvSwapIn(cache, Int32Array.from([5, 6]), host);
+      expect(await run(5, 6)).toEqual(base);
+      // a block id out of range is refused on the stream
+      ops.kvSwapIn(cache, Int32Array.from([5, 10]), host);
+      await expect(rt.synchronize()).rejects.toMatchObject({ code: expect.stringMatching(/^E_/) });
+      rt.defaultStream.reset();
+      cache.dispose();
+    },
+  );
 });

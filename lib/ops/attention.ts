@@ -296,3 +296,46 @@ export function kvCopyBlocks(cache: KvCache, pairs: Int32Array, options: OpOptio
     t.dispose();
   }
 }
+
+/**
+ * Offload: copies `blocks` (every layer, codes and int8 scales) out of the pool into a new
+ * host u8 tensor of blocks.length × bytesPerBlock; kvSwapIn copies such a tensor back
+ * into (possibly different) blocks. Block ids are checked on the stream.
+ */
+export function kvSwapOut(cache: KvCache, blocks: Int32Array, options: OpOptions = {}): Tensor {
+  if (!(blocks instanceof Int32Array))
+    throw invalidArg('kvSwapOut', 'blocks', 'an Int32Array', blocks);
+  const per = binding().kvBlockHostBytes(cache.nativeArg('kvSwapOut'));
+  const host = cache.runtime.empty([blocks.length * per], 'u8');
+  return enqueue(host, true, () => swap(cache, blocks, host, true, options));
+}
+export function kvSwapIn(
+  cache: KvCache,
+  blocks: Int32Array,
+  host: Tensor,
+  options: OpOptions = {},
+): void {
+  if (!(blocks instanceof Int32Array))
+    throw invalidArg('kvSwapIn', 'blocks', 'an Int32Array', blocks);
+  swap(cache, blocks, tensorArg(host, 'kvSwapIn', 'host'), false, options);
+}
+function swap(
+  cache: KvCache,
+  blocks: Int32Array,
+  host: Tensor,
+  out: boolean,
+  options: OpOptions,
+): void {
+  const b = cache.runtime.tensor(blocks, [blocks.length], { dtype: 'i32' });
+  try {
+    binding().kvSwap(
+      streamOf(cache.data, options).native,
+      cache.nativeArg('kvSwap'),
+      b.native,
+      host.native,
+      out,
+    );
+  } finally {
+    b.dispose();
+  }
+}

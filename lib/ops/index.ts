@@ -46,6 +46,8 @@ export {
   attention,
   attentionMerge,
   kvCopyBlocks,
+  kvSwapOut,
+  kvSwapIn,
 } from './attention';
 export type {
   KvDType,

@@ -205,4 +205,29 @@ void op_kv_copy_blocks(const Core& rt, Stream& s, const KvCacheT& cache, const T
   });
 }
 
+void op_kv_swap(const Core& rt, Stream& s, const KvCacheT& cache, const T& blocks, const T& host, bool out) {
+  need(blocks, "blocks");
+  need_dtype(blocks, DType::i32, "blocks");
+  need_rank(blocks, 1, 1, "blocks");
+  need(host, "host");
+  need_dtype(host, DType::u8, "host");
+  const int64_t n = blocks->shape[0];
+  const size_t want = (size_t)n * kv_block_host_bytes(cache.c);
+  if (host->buf->bytes != want)
+    throw Error(Code::SHAPE, "Expected " + std::to_string(want) + " bytes for host (" + std::to_string(n) +
+                                 " blocks) but received " + std::to_string(host->buf->bytes), "host");
+  if (n == 0) return;
+  KvSwapArgs a;
+  a.cache = cache.c;
+  a.blocks = static_cast<const int32_t*>(blocks->buf->data);
+  a.n = n;
+  a.host = host->buf->data;
+  a.out = out;
+  auto fn = TY_DISPATCH(rt->isa, kv_swap_blocks);
+  s.enqueue(out ? "kvSwapOut" : "kvSwapIn", [rt, cache, blocks, host, a, fn] {
+    kv_swap_check(a);  // block ids are data: checked right before use
+    fn(a, rt->pool);
+  });
+}
+
 }  // namespace ty::cpu

@@ -46,4 +46,8 @@ void op_attention_merge(const Core&, Stream&, const T& oA, const T& lseA, const 
 // pairs: i32 [n, 2] (src, dst) for copy-on-write, all layers.
 void op_kv_copy_blocks(const Core&, Stream&, const KvCacheT& cache, const T& pairs);
 
+// Offload: out = true copies `blocks` (i32 [n], all layers) into host (u8, n *
+// kv_block_host_bytes); out = false copies them back.
+void op_kv_swap(const Core&, Stream&, const KvCacheT& cache, const T& blocks, const T& host, bool out);
+
 }  // namespace ty::cpu

@@ -734,6 +734,23 @@ Napi::Value AttentionMerge(const Napi::CallbackInfo& info) {
                             TENSOR(5, "out"), TENSOR(6, "lse"));
   });
 }
+Napi::Value KvSwap(const Napi::CallbackInfo& info) {
+  return guard(info, "kvSwap", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_kv_swap(c.core, *c.stream, kv_cache_arg(env, info[1]), TENSOR(2, "blocks"), TENSOR(3, "host"), boolean(info[4], "out"));
+  });
+}
+Napi::Value KvBlockHostBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    KvCache g = kv_geometry(info[0]);
+    size_t bytes;
+    int64_t ns;
+    cpu::kv_cache_sizes(g, &bytes, &ns);
+    return Napi::Number::New(env, (double)kv_block_host_bytes(g));
+  } catch (const Error& e) {
+    throw_ty(env, e, "kvSwap");
+  }
+}
 Napi::Value KvCopyBlocks(const Napi::CallbackInfo& info) {
   return guard(info, "kvCopyBlocks", [&](Napi::Env env, StreamCtx& c) {
     cpu::op_kv_copy_blocks(c.core, *c.stream, kv_cache_arg(env, info[1]), TENSOR(2, "pairs"));
@@ -804,6 +821,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, Attention));
   exports.Set("attentionMerge", Napi::Function::New(env, AttentionMerge));
   exports.Set("kvCopyBlocks", Napi::Function::New(env, KvCopyBlocks));
+  exports.Set("kvSwap", Napi::Function::New(env, KvSwap));
+  exports.Set("kvBlockHostBytes", Napi::Function::New(env, KvBlockHostBytes));
   return exports;
 }
 
