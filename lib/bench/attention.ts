@@ -7,12 +7,17 @@
  *   case rotates between two caches (separate layers) when one fits in cache.
  * - paged vs contiguous: the same decode with the physical pages shuffled at random versus
  *   laid out in order (an identity page table is contiguous storage).
- * - prefill of 512 and 4k tokens (causal): MAC/s (QKᵀ and PV, causal half) vs the f32 peak.
+ * - prefill of 512 and 4k tokens (causal): MAC/s (QKᵀ and PV, causal half) vs the f32 peak,
+ *   fused (the paged kernel) against unfused: per head, S = Q·Kᵀ materialised [n, n] in f32,
+ *   + a causal mask, softmax, then S·V (the classic path; it computes the full square).
  * Cases whose KV would exceed `maxKvBytes` (default 6 GiB) are skipped and listed.
  */
 import { Runtime } from '../runtime/runtime';
 import { Tensor } from '../runtime/tensor';
 import { attention, createKvCache, KvCache, planAttention, AttentionPlan } from '../ops/attention';
+import { matmul } from '../ops/matmul';
+import { add } from '../ops/elementwise';
+import { softmax } from '../ops/softmax';
 import { BenchResult, Machine, median, timeOnStream } from './common';
 
 const QH = 32;
@@ -164,6 +169,49 @@ export async function runAttention(
       roofline: { kind: 'compute', ratio: macPerS / machine.peakMacPerS.f32 },
     });
     dispose(cache, q, out);
+
+    // unfused: the same work through matmul / add / softmax / matmul, one head at a time
+    const qh = rt.tensor(new Float32Array(n * D).fill(0.01), [n, D]);
+    const kvh = Array.from({ length: KVH }, (_, i) =>
+      rt.tensor(new Float32Array(n * D).fill(0.001 * (i + 1)), [n, D]),
+    );
+    const maskv = new Float32Array(n * n);
+    for (let i = 0; i < n; i++) maskv.fill(-1e30, i * n + i + 1, (i + 1) * n);
+    const mask = rt.tensor(maskv, [n, n]);
+    const sc = rt.empty([n, n]);
+    const oh = rt.empty([n, D]);
+    const scale = 1 / Math.sqrt(D);
+    const runUnfused = (): void => {
+      for (let h = 0; h < QH; h++) {
+        const kv = kvh[Math.floor(h / (QH / KVH))];
+        matmul(qh, kv, { out: sc });
+        add(sc, mask, { out: sc });
+        softmax(sc, { scale, out: sc });
+        matmul(sc, kv, { transB: false, out: oh });
+      }
+    };
+    const ut = await timeOnStream(rt.defaultStream, runUnfused, repeats, 1);
+    const ums = median(ut);
+    results.push({
+      suite: 'attention',
+      case: `prefill f32 ${n} tokens, unfused (materialised scores)`,
+      params: {
+        kind: 'prefill-unfused',
+        dtype: 'f32',
+        tokens: n,
+        qHeads: QH,
+        kvHeads: KVH,
+        headDim: D,
+        fusedMs: ms,
+      },
+      medianMs: ums,
+      minMs: Math.min(...ut),
+      repeats,
+      macPerS: macs / (ums / 1e3),
+      roofline: { kind: 'compute', ratio: macs / (ums / 1e3) / machine.peakMacPerS.f32 },
+      fusedSpeedup: ums / ms,
+    });
+    for (const t of [qh, ...kvh, mask, sc, oh]) t.dispose();
   }
   if (skipped.length)
     console.log(
