@@ -303,4 +303,65 @@ describe.each(isasToTest())('paged attention isa %s', (isa) => {
       cache.dispose();
     },
   );
+
+  test('ragged decode batch with sequence lengths 1 to 5000, split-KV, shuffled pages', async () => {
+    const [qH, kvH, d, bs] = [8, 2, 64, 16];
+    const lens = [1, 2, 17, 999, 5000];
+    const numBlocks = lens.reduce((a, n) => a + Math.ceil(n / bs), 0) + 8;
+    const r = rng(77);
+    const perm = Int32Array.from({ length: numBlocks }, (_, i) => i);
+    for (let i = numBlocks - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [perm[i], perm[j]] = [perm[j], perm[i]];
+    }
+    const bm = new BlockManager({ numBlocks, blockSize: bs, enablePrefixCaching: false });
+    const cache = ops.createKvCache(rt, {
+      layers: 1,
+      blocks: numBlocks,
+      kvHeads: kvH,
+      blockSize: bs,
+      headDim: d,
+      dtype: 'f16',
+    });
+    const ks = lens.map((n, s) => decode('f16', encode('f16', randn(n * kvH * d, 300 + s, 1.5))));
+    const vs = lens.map((n, s) => decode('f16', encode('f16', randn(n * kvH * d, 400 + s, 1.5))));
+    // prefill everything but the last token of each sequence (written, not checked) ...
+    const seqs = lens.map(
+      (n, s) =>
+        bm.createSequence(
+          Array.from({ length: n }, (_, i) => s * 10000 + i),
+          { numNewTokens: n },
+        ).seq,
+    );
+    const pt0 = buildPageTable(bm, seqs);
+    const kv0 = (arrs: Float64Array[]): Float32Array => {
+      const out = new Float32Array(pt0.numTokens * kvH * d);
+      lens.forEach((n, s) => out.set(arrs[s], pt0.qoIndptr[s] * kvH * d));
+      return out;
+    };
+    const slots = Int32Array.from(pt0.slotMapping, (x) => perm[Math.floor(x / bs)] * bs + (x % bs));
+    const kT = rt.tensor(kv0(ks), [pt0.numTokens, kvH, d]);
+    const vT = rt.tensor(kv0(vs), [pt0.numTokens, kvH, d]);
+    ops.kvAppend(cache, 0, kT, vT, slots);
+    // ... then one decode query per sequence (its last position), with and without split-KV
+    const qv = Float64Array.from(randn(lens.length * qH * d, 9));
+    const q = rt.tensor(Float32Array.from(qv), [lens.length, qH, d]);
+    const table = {
+      qoIndptr: Int32Array.from({ length: lens.length + 1 }, (_, b) => b),
+      indptr: pt0.indptr,
+      indices: Int32Array.from(pt0.indices, (b) => perm[b]),
+      lastPageLen: pt0.lastPageLen,
+    };
+    const want = aref.attention(qv, ks, vs, table.qoIndptr, pt0.kvLens, qH, kvH, d, {
+      smScale: 1 / Math.sqrt(d),
+    });
+    for (const splitTokens of [0, 100]) {
+      const plan = ops.planAttention(cache, table, { qHeads: qH, splitTokens });
+      const got = await ops.attention(plan, cache, 0, q).toFloat32();
+      for (let i = 0; i < got.length; i++)
+        if (!(Math.abs(got[i] - want.out[i]) <= 2e-5 + 1e-5 * Math.abs(want.out[i])))
+          throw new Error(`split ${splitTokens} out[${i}]: got ${got[i]}, want ${want.out[i]}`);
+    }
+    cache.dispose();
+  });
 });
