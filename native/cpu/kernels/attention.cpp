@@ -20,7 +20,7 @@
 //     6 GB/s of KV, compute-bound (2 G D FMAs per token and KV head, Zen 1 splits every
 //     256-bit op; 7.9 GB/s when cache-resident); MHA about 9 GB/s (13 GB/s cache-resident).
 //   * o = O / l, lse = m + log(l); split items write f32 partials that a merge step combines.
-// exp: on AVX2/AVX-512 a Cephes-style polynomial (same as native/cpu/kernels/act_vec.h,
+// exp: act_vec.h's vexp; on AVX2/AVX-512 a Cephes-style polynomial (
 // max relative error 8.5e-8 = 1.01 ulp over [-87.3, 88.7], underflows to 0 below -103);
 // libm on the scalar path. tanh (soft-cap): (1 - e)/(1 + e) with e = exp(-2|y|), and an odd
 // degree-7 Taylor polynomial for |y| < 1/8; relative error below 1e-6 (libm on scalar).
@@ -30,6 +30,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "act_vec.h"  // vexp: the one vectorised e^x of the CPU kernels
 #include "akernels.h"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -70,22 +71,6 @@ inline float hsum8(__m256 v) {
 }
 inline float hmax(vf v) { return hmax8(_mm256_max_ps(_mm512_castps512_ps256(v), hi256(v))); }
 inline float hsum(vf v) { return hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi256(v))); }
-inline vf vexp(vf x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-  const vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147182464599609375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-1.904654323148236e-09f), r);
-  vf p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 inline vf vabs(vf x) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff))); }
 inline vf vcopysign(vf mag, vf sgn) {
   const __m512i s = _mm512_and_si512(_mm512_castps_si512(sgn), _mm512_set1_epi32(INT32_MIN));
@@ -118,27 +103,6 @@ inline float hsum(vf v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-inline vf vexp(vf x) {
-  x = _mm256_max_ps(_mm256_set1_ps(-105.0f), _mm256_min_ps(_mm256_set1_ps(89.0f), x));
-  const vf n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  vf r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147182464599609375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-1.904654323148236e-09f), r);
-  vf p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-  const __m256i ni = _mm256_cvtps_epi32(n);
-  const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
-  const __m256i bias = _mm256_set1_epi32(127);
-  const vf s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-  const vf s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-  return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-}
 inline vf vabs(vf x) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x); }
 inline vf vcopysign(vf mag, vf sgn) { return _mm256_or_ps(mag, _mm256_and_ps(sgn, _mm256_set1_ps(-0.0f))); }
 inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
@@ -157,8 +121,11 @@ inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
 inline float hmax(vf v) { return v; }
 inline float hsum(vf v) { return v; }
-inline vf vexp(vf x) { return std::exp(x); }
 #endif
+
+// e^x (max relative error 8.5e-8 on AVX2/AVX-512, libm on scalar): shared with the small
+// activation kernels, see act_vec.h.
+using av::vexp;
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 // tanh, see the file comment.
