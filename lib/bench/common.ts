@@ -10,6 +10,8 @@ import { version } from '../version';
 export interface Roofline {
   kind: 'bandwidth' | 'compute';
   ratio: number;
+  /** For compute: which peak (f32, bf16, int8) the ratio is against. */
+  peak?: string;
 }
 
 export interface BenchResult {
@@ -133,7 +135,7 @@ export function printReport(report: BenchReport, log: (s: string) => void = cons
       `peak MAC/s f32 ${fmt(m.peakMacPerS.f32)} bf16 ${fmt(m.peakMacPerS.bf16)} int8 ${fmt(m.peakMacPerS.int8)}`,
   );
   const t = new Table({
-    head: ['suite', 'case', 'median ms', 'min ms', 'GB/s', 'MAC/s', 'roofline', 'ratio'],
+    head: ['suite', 'case', 'median ms', 'min ms', 'GB/s', 'MAC/s', 'roofline', 'ratio', 'tok/s'],
   });
   for (const r of report.results)
     t.push([
@@ -145,6 +147,7 @@ export function printReport(report: BenchReport, log: (s: string) => void = cons
       fmt(r.macPerS),
       r.roofline?.kind ?? '-',
       r.roofline ? (r.roofline.ratio * 100).toFixed(1) + '%' : '-',
+      typeof r.tokensPerS === 'number' ? r.tokensPerS.toFixed(2) : '-',
     ]);
   log(t.toString());
 }

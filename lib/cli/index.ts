@@ -1,7 +1,14 @@
 /**
- * The `tachyon` command: doctor, bench. Top of the layering: it may import anything.
+ * The `tachyon` command: doctor, bench, generate, inspect, quantize. Top of the layering: it
+ * may import anything.
  */
 import { Command } from 'commander';
+import { SingleBar, Presets } from 'cli-progress';
+import { readGguf } from '../model/gguf';
+import { formatGgufInfo } from '../model/inspect';
+import { loadModel, LoadModelOptions } from '../model/model';
+import { quantizeFile, QuantizeTarget } from '../model/quantize-file';
+import { runE2e } from '../bench/e2e';
 import { doctor } from '../runtime/doctor';
 import { loadRuntime, Isa } from '../runtime/runtime';
 import { version } from '../version';
@@ -59,6 +66,8 @@ export function main(argv: string[]): void {
     )
     .option('--batches <list>', 'gemm: comma-separated batch sizes M')
     .option('--shapes <list>', 'gemm: comma-separated NxK shapes')
+    .option('--model <file>', 'e2e: a GGUF model (default: a generated ~1B Q4_0 Llama)')
+    .option('--no-llama', 'e2e: do not measure llama.cpp')
     .action(
       async (
         suite: string,
@@ -71,6 +80,8 @@ export function main(argv: string[]): void {
           formats?: string;
           batches?: string;
           shapes?: string;
+          model?: string;
+          llama?: boolean;
         },
       ) => {
         if (!(SUITES as readonly string[]).includes(suite)) {
@@ -78,9 +89,9 @@ export function main(argv: string[]): void {
           process.exitCode = 2;
           return;
         }
-        if (suite !== 'main' && suite !== 'gemm' && suite !== 'attention') {
+        if (suite === 'serve') {
           console.error(
-            `Suite '${suite}' is not implemented yet in this version. Available now: main, gemm, attention`,
+            `Suite '${suite}' is not implemented yet in this version. Available now: main, gemm, attention, e2e`,
           );
           process.exitCode = 2;
           return;
@@ -103,7 +114,14 @@ export function main(argv: string[]): void {
               })
             : suite === 'attention'
               ? await runAttention(rt, machine, { repeats, quick: o.quick })
-              : await runMain(rt, machine, { repeats, quick: o.quick });
+              : suite === 'e2e'
+                ? await runE2e(rt, machine, {
+                    repeats: o.repeats === '7' ? 5 : repeats,
+                    quick: o.quick,
+                    model: o.model,
+                    noLlama: o.llama === false,
+                  })
+                : await runMain(rt, machine, { repeats, quick: o.quick });
         const report = makeReport(machine, results);
         printReport(report);
         if (o.json) {
@@ -114,8 +132,122 @@ export function main(argv: string[]): void {
       },
     );
 
+  program
+    .command('generate')
+    .description('stream a completion of PROMPT from a GGUF model')
+    .requiredOption('-m, --model <file>', 'GGUF model file')
+    .argument('<prompt>', 'prompt text')
+    .option('-n, --max-tokens <n>', 'tokens to generate', '128')
+    .option('-t, --temperature <x>', 'sampling temperature (0 = greedy)', '0.8')
+    .option('--top-k <n>', 'top-k (0 = off)', '40')
+    .option('--top-p <x>', 'top-p (1 = off)', '0.95')
+    .option('--min-p <x>', 'min-p (0 = off)', '0.05')
+    .option('--repeat-penalty <x>', 'repetition penalty (1 = off)', '1')
+    .option('--seed <n>', 'sampling seed')
+    .option('--stop <s...>', 'stop strings')
+    .option('--threads <n>', 'compute threads')
+    .option('--weights <mode>', 'native, int4, int8 or fp8 (requantize F32/F16/BF16 at load)')
+    .option('--kv <dtype>', 'KV cache dtype (f16, bf16, f32, fp8e4m3, int8)', 'f16')
+    .option('--ctx <n>', 'context length')
+    .option('--stats', 'print load time and tokens/s to stderr')
+    .action(async (prompt: string, o: Record<string, string | string[] | boolean | undefined>) => {
+      const t0 = performance.now();
+      const model = await loadModel(o.model as string, {
+        threads: o.threads ? Number(o.threads) : undefined,
+        weights: o.weights as LoadModelOptions['weights'],
+        kvDtype: o.kv as LoadModelOptions['kvDtype'],
+        contextLength: o.ctx ? Number(o.ctx) : undefined,
+        onProgress: progress('loading', !!o.stats || process.stderr.isTTY),
+      });
+      const t1 = performance.now();
+      const ac = new AbortController();
+      const onSig = () => ac.abort();
+      process.once('SIGINT', onSig);
+      let n = 0;
+      let tFirst = 0;
+      try {
+        process.stdout.write(prompt);
+        for await (const c of model.generate(prompt, {
+          maxTokens: Number(o.maxTokens),
+          temperature: Number(o.temperature),
+          topK: Number(o.topK),
+          topP: Number(o.topP),
+          minP: Number(o.minP),
+          repetitionPenalty: Number(o.repeatPenalty),
+          seed: o.seed !== undefined ? Number(o.seed) : undefined,
+          stop: o.stop as string[] | undefined,
+          signal: ac.signal,
+        })) {
+          if (n++ === 0) tFirst = performance.now();
+          process.stdout.write(c.text);
+        }
+        process.stdout.write('\n');
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'E_ABORTED') throw e;
+        process.stdout.write('\n');
+      } finally {
+        process.off('SIGINT', onSig);
+        await model.dispose();
+      }
+      if (o.stats) {
+        const t2 = performance.now();
+        console.error(
+          `load ${((t1 - t0) / 1e3).toFixed(2)} s | prompt+first token ${((tFirst - t1) / 1e3).toFixed(2)} s | ` +
+            `decode ${n > 1 ? ((n - 1) / ((t2 - tFirst) / 1e3)).toFixed(2) : '-'} tok/s (${n} tokens)`,
+        );
+      }
+    });
+
+  program
+    .command('inspect')
+    .description("print a GGUF file's metadata and tensor table")
+    .argument('<file>', 'GGUF file')
+    .action(async (file: string) => {
+      console.log(formatGgufInfo(await readGguf(file)));
+    });
+
+  program
+    .command('quantize')
+    .description(
+      'requantize the weight matrices of a GGUF model; writes GGUF (int4 = Q4_0, int8 = Q8_0)',
+    )
+    .argument('<in>', 'input GGUF')
+    .argument('<out>', 'output GGUF')
+    .requiredOption('--to <format>', 'int4 or int8 (fp8 has no GGUF type: use --weights fp8 at load)')
+    .action(async (input: string, output: string, o: { to: string }) => {
+      const t0 = performance.now();
+      const r = await quantizeFile(input, output, {
+        to: o.to as QuantizeTarget,
+        onProgress: progress('quantizing', process.stderr.isTTY),
+      });
+      console.error(
+        `wrote ${output}: ${r.quantized}/${r.tensors} tensors requantized, ` +
+          `${(r.inBytes / 2 ** 20).toFixed(1)} MiB -> ${(r.outBytes / 2 ** 20).toFixed(1)} MiB in ${((performance.now() - t0) / 1e3).toFixed(1)} s`,
+      );
+    });
+
   program.parseAsync(argv).catch((e: Error & { code?: string }) => {
     console.error(`tachyon: ${e.code ? e.code + ': ' : ''}${e.message}`);
     process.exitCode = 1;
   });
+}
+
+/** A progress bar on a TTY (stderr), else nothing. */
+function progress(
+  label: string,
+  show: boolean | undefined,
+): ((p: { done: number; total: number }) => void) | undefined {
+  if (!show || !process.stderr.isTTY) return undefined;
+  let bar: SingleBar | undefined;
+  return (p) => {
+    if (!bar) {
+      bar = new SingleBar(
+        { format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, clearOnComplete: true },
+        Presets.shades_classic,
+      );
+      bar.start(p.total, 0);
+    }
+    bar.update(p.done);
+    if (p.done >= p.total) bar.stop();
+  };
 }

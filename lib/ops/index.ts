@@ -56,3 +56,5 @@ export type {
   PlanAttentionOptions,
   AttentionOptions,
 } from './attention';
+export { softmaxTopK, moeCombine } from './moe';
+export type { RoutingDecision, RoutingPolicy, MoeCombineOptions } from './moe';

@@ -40,6 +40,8 @@ export interface PlainRef {
   mins?: Float32Array;
   blocks: number;
   groupLen: number;
+  /** The scale dtype (activation scales follow it, see quantizeActivations). Default f32. */
+  scaleDtype?: 'f32' | 'f16';
 }
 
 export function blocksOf(f: IntFormat, k: number): { blocks: number; len: number } {
@@ -90,7 +92,7 @@ export function quantize(w: ArrayLike<number>, n: number, k: number, f: IntForma
         codes[base + i] = max(qmin, min(qmax, rne(t)));
       }
     }
-  return { codes, scales, mins, blocks, groupLen: len };
+  return { codes, scales, mins, blocks, groupLen: len, scaleDtype: f.scaleDtype };
 }
 
 /** The f32 value each code represents: q·d, or q·d + m (two roundings, as ggml). */
@@ -145,6 +147,8 @@ export function quantizeActivations(
   k: number,
   blocks: number,
   len: number,
+  /** The weights' scale dtype: f16 scales round the activation scale to f16 (quant.h). */
+  scaleDtype: 'f32' | 'f16' = 'f32',
 ): { q: Int32Array; s: Float64Array } {
   const q = new Int32Array(m * k);
   const s = new Float64Array(m * blocks);
@@ -154,7 +158,7 @@ export function quantizeActivations(
       let amax = 0;
       for (let i = 0; i < len; i++) amax = max(amax, abs(a[base + i]));
       const inv = amax > 0 ? f32(127 / amax) : 0;
-      s[r * blocks + b] = f32(amax / 127);
+      s[r * blocks + b] = storeScale(amax / 127, scaleDtype);
       for (let i = 0; i < len; i++) q[base + i] = rne(f32(a[base + i] * inv));
     }
   return { q, s };
@@ -173,7 +177,7 @@ export function qmatmul(
   n: number,
   o: { bias?: ArrayLike<number>; residual?: ArrayLike<number> } = {},
 ): { out: Float64Array; absRef: Float64Array } {
-  const { q, s } = quantizeActivations(a, m, k, p.blocks, p.groupLen);
+  const { q, s } = quantizeActivations(a, m, k, p.blocks, p.groupLen, p.scaleDtype);
   const w = dequantize(p, n, k);
   const out = new Float64Array(m * n);
   const absRef = new Float64Array(m * n);

@@ -9,6 +9,12 @@ import { KernelError } from './errors';
 /* eslint-disable @typescript-eslint/no-explicit-any */
 export type NativeBinding = any;
 
+/**
+ * The addon's mapFile(path): the whole file mmapped read-only (MAP_PRIVATE) as an external
+ * ArrayBuffer that munmaps when collected; throws E_IO. Used by lib/runtime/mmap.ts.
+ */
+export type NativeMapFile = (path: string) => ArrayBuffer;
+
 let cached: NativeBinding | undefined;
 let cachedPath: string | undefined;
 

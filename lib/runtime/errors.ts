@@ -14,7 +14,8 @@ export type ErrorCode =
   | 'E_ABORTED'
   | 'E_INTERNAL'
   | 'E_KV_EXHAUSTED'
-  | 'E_MODEL_FORMAT';
+  | 'E_MODEL_FORMAT'
+  | 'E_IO';
 
 export interface KernelErrorOptions {
   code: ErrorCode;

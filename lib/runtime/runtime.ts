@@ -120,6 +120,14 @@ export class Runtime {
     return new Tensor(this, native, dtype, shp);
   }
 
+  /** @internal Tensor.view() */
+  viewOf(src: Tensor, shape: readonly number[], dtype: DType): Tensor {
+    if (!isDType(dtype)) throw invalidArg('view', 'dtype', 'a dtype name', dtype, 'E_DTYPE');
+    const shp = checkShape(shape, 'view');
+    const native = new (binding().Tensor)(this.native, dtype, shp, src.native);
+    return new Tensor(this, native, dtype, shp);
+  }
+
   /** A zero-filled tensor. */
   zeros(shape: readonly number[], dtype: DType = 'f32'): Tensor {
     const shp = checkShape(shape, 'zeros');

@@ -68,6 +68,21 @@ export class Tensor {
     this.native.write(s.native, data);
   }
 
+  /**
+   * A view with another shape (and optionally dtype) over the same storage, which must hold
+   * exactly the same number of bytes. Both tensors keep the storage alive; dispose each.
+   */
+  view(shape: readonly number[], dtype: DType = this.dtype): Tensor {
+    if (this._disposed)
+      throw new KernelError('Tensor has been disposed', {
+        code: 'E_DISPOSED',
+        op: 'view',
+        arg: 'tensor',
+        backend: this.runtime.backend,
+      });
+    return this.runtime.viewOf(this, shape, dtype);
+  }
+
   /** Frees the tensor's memory once queued ops that use it are done. Idempotent. */
   dispose(): void {
     if (this._disposed) return;

@@ -463,4 +463,56 @@ void op_qmatmul_grouped(const Core& rt, Stream& s, const T& a, const std::vector
   });
 }
 
+void op_moe_combine(const Core& rt, Stream& s, const T& y, const T& slot, const T& weights, int64_t k, bool accumulate,
+                    const T& out) {
+  need(y, "y");
+  need_float(y, "y");
+  need_rank(y, 2, 2, "y");
+  need(out, "out");
+  need_dtype(out, DType::f32, "out");
+  need_rank(out, 2, 2, "out");
+  const int64_t R = y->shape[0], N = y->shape[1], T_ = out->shape[0];
+  if (out->shape[1] != N)
+    throw Error(Code::SHAPE, "Expected out.shape[1] to be " + std::to_string(N) + " (y.shape[1]) but received " +
+                                 std::to_string(out->shape[1]), "out");
+  need(slot, "slot");
+  need_dtype(slot, DType::i32, "slot");
+  need_shape(slot, {T_ * k}, "slot");
+  need(weights, "weights");
+  need_dtype(weights, DType::f32, "weights");
+  need_shape(weights, {T_ * k}, "weights");
+  if (out->buf == y->buf) throw Error(Code::INVALID_ARG, "Expected out not to alias y", "out");
+  if (T_ == 0 || N == 0) return;
+  const DType ydt = y->dtype;
+  s.enqueue("moeCombine", [rt, y, slot, weights, out, k, accumulate, R, N, T_, ydt] {
+    const int32_t* sl = static_cast<const int32_t*>(slot->buf->data);
+    for (int64_t i = 0; i < T_ * k; ++i)
+      if (sl[i] < 0 || sl[i] >= R)
+        throw Error(Code::INVALID_ARG, "Expected slot values in [0, " + std::to_string(R) + ") but slot[" + std::to_string(i) +
+                                           "] is " + std::to_string(sl[i]), "slot");
+    const float* w = static_cast<const float*>(weights->buf->data);
+    float* o = static_cast<float*>(out->buf->data);
+    const void* yd = y->buf->data;
+    rt->pool.for_each(T_, [&](int64_t t, int) {
+      float* orow = o + t * N;
+      if (!accumulate)
+        for (int64_t n = 0; n < N; ++n) orow[n] = 0.0f;
+      for (int64_t j = 0; j < k; ++j) {
+        const float wt = w[t * k + j];
+        const int64_t r = sl[t * k + j];
+        if (ydt == DType::f32) {
+          const float* yr = static_cast<const float*>(yd) + r * N;
+          for (int64_t n = 0; n < N; ++n) orow[n] += wt * yr[n];
+        } else {
+          const uint16_t* yr = static_cast<const uint16_t*>(yd) + r * N;
+          if (ydt == DType::f16)
+            for (int64_t n = 0; n < N; ++n) orow[n] += wt * f16_to_f32(yr[n]);
+          else
+            for (int64_t n = 0; n < N; ++n) orow[n] += wt * bf16_to_f32(yr[n]);
+        }
+      }
+    });
+  });
+}
+
 }  // namespace ty::cpu

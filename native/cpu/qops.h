@@ -68,5 +68,11 @@ void op_fuse_gate_up(const Core&, Stream&, const T& gate, const T& up, const Wei
 // [E, 2N] for gate/up) or null; out [R, N].
 void op_qmatmul_grouped(const Core&, Stream&, const T& a, const std::vector<T>& experts, const WeightFormat& f,
                         int64_t N, int64_t K, const T& rows, const T& offsets, const T& bias, const T& out);
+// MoE combine (the weighted un-permute after a grouped matmul): for token t and choice j,
+// out[t] += weights[t*k+j] · y[slot[t*k+j]] (out is overwritten first unless accumulate, so
+// out may be the residual stream). y f32/f16/bf16 [R, N]; slot i32 [T*k] (checked on the
+// stream, in [0, R)); weights f32 [T*k]; out f32 [T, N].
+void op_moe_combine(const Core&, Stream&, const T& y, const T& slot, const T& weights, int64_t k, bool accumulate,
+                    const T& out);
 
 }  // namespace ty::cpu

@@ -13,6 +13,15 @@
 #include <mutex>
 #include <thread>
 
+#ifndef _WIN32
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#endif
+
 #include "../cpu/ops.h"
 #include "../cpu/qops.h"
 #include "../cpu/aops.h"
@@ -353,6 +362,18 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
         t_ = cpu::make_tensor(dt, shape);
         return;
       }
+      if (info[3].IsObject() && info[3].As<Napi::Object>().InstanceOf(inst(env).tensor_ctor.Value())) {
+        // A view: same storage, another shape (and dtype) of exactly the same byte size.
+        T src = TensorW::Unwrap(info[3].As<Napi::Object>())->get("source");
+        if (src->buf->bytes != bytes)
+          throw Error(Code::SHAPE, "Expected a view of " + std::to_string(src->buf->bytes) + " bytes but the shape holds " +
+                                       std::to_string(bytes), "shape");
+        t_ = std::make_shared<cpu::Tensor>();
+        t_->dtype = dt;
+        t_->shape = shape;
+        t_->buf = src->buf;
+        return;
+      }
       if (!info[3].IsTypedArray()) bad("data", "a TypedArray", info[3]);
       Napi::TypedArray ta = info[3].As<Napi::TypedArray>();
       size_t got = ta.ByteLength();
@@ -624,6 +645,12 @@ Napi::Value QMatmulGrouped(const Napi::CallbackInfo& info) {
                             TENSOR(7, "offsets"), OPT_TENSOR(8, "bias"), TENSOR(9, "out"));
   });
 }
+Napi::Value MoeCombine(const Napi::CallbackInfo& info) {
+  return guard(info, "moeCombine", [&](Napi::Env env, StreamCtx& c) {
+    cpu::op_moe_combine(c.core, *c.stream, TENSOR(1, "y"), TENSOR(2, "slot"), TENSOR(3, "weights"),
+                        integer(info[4], "k", 1, 1 << 16), info[5].ToBoolean(), TENSOR(6, "out"));
+  });
+}
 Napi::Value QMatmul(const Napi::CallbackInfo& info) {
   return guard(info, "qmatmul", [&](Napi::Env env, StreamCtx& c) {
     cpu::op_qmatmul(c.core, *c.stream, TENSOR(1, "a"), TENSOR(2, "weights"), format_arg(info[3], "format"),
@@ -785,6 +812,102 @@ Napi::Value Doctor(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// mapFile(path, offset?, length?, limit): a read-only private mapping (PROT_READ, MAP_PRIVATE)
+// of the file, or of bytes [offset, offset+length), as an external ArrayBuffer.
+// Returns { buffer, delta, fileSize }: the buffer starts at the page boundary at or below
+// `offset` and the requested bytes begin `delta` bytes into it. When the mapping would exceed
+// `limit` bytes (Node 20's N-API builds external ArrayBuffers through Buffer, capped at
+// buffer.constants.MAX_LENGTH; over it, creation fails and the finalizer runs twice), nothing
+// is mapped and buffer is undefined: the caller maps smaller ranges instead.
+// The mapping lives as long as the ArrayBuffer: its finalizer munmaps, so views and
+// zero-copy tensors (which reference the ArrayBuffer) can never outlive the pages.
+// Failures are KernelErrors with code E_IO and arg 'path' (lib/runtime/mmap.ts).
+Napi::Error io_error(Napi::Env env, const std::string& msg) {
+  Instance& in = inst(env);
+  Napi::Object opts = Napi::Object::New(env);
+  opts.Set("code", "E_IO");
+  opts.Set("op", "mapFile");
+  opts.Set("backend", "cpu");
+  opts.Set("arg", "path");
+  if (!in.error_ctor.IsEmpty()) return Napi::Error(env, in.error_ctor.New({Napi::String::New(env, msg), opts}));
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", "E_IO");
+  e.Set("op", "mapFile");
+  e.Set("arg", "path");
+  return e;
+}
+
+Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  int64_t offset = 0, length = -1, limit = 0;
+  try {
+    if (!info[0].IsString()) bad("path", "a file path string", info[0]);
+    path = info[0].As<Napi::String>().Utf8Value();
+    const int64_t kMax = (int64_t)1 << 53;
+    if (info.Length() > 1 && !info[1].IsUndefined()) offset = integer(info[1], "offset", 0, kMax);
+    if (info.Length() > 2 && !info[2].IsUndefined()) length = integer(info[2], "length", 0, kMax);
+    limit = integer(info[3], "limit", 0, kMax);
+  } catch (const Error& e) {
+    throw_ty(env, e, "mapFile");
+  }
+#ifdef _WIN32
+  throw make_error(env, Code::UNSUPPORTED, "mapFile is not implemented on Windows yet", "mapFile", "path");
+#else
+  auto fail = [&](const std::string& what, int err) -> Napi::Error {
+    return io_error(env, "Cannot map " + path + ": " + what + (err ? std::string(": ") + std::strerror(err) : std::string()));
+  };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw fail("open failed", errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw fail("stat failed", err);
+  }
+  const char* why = S_ISDIR(st.st_mode) ? "it is a directory (EISDIR)"
+                    : !S_ISREG(st.st_mode) ? "not a regular file"
+                    : st.st_size <= 0      ? "the file is empty"
+                                           : nullptr;
+  if (why) {
+    ::close(fd);
+    throw fail(why, 0);
+  }
+  const int64_t file_size = (int64_t)st.st_size;
+  if (length < 0) length = file_size - offset;
+  if (offset > file_size || length > file_size - offset || length == 0) {
+    ::close(fd);
+    throw make_error(env, Code::INVALID_ARG,
+                     "Expected a non-empty range within the " + std::to_string(file_size) + " bytes of " + path +
+                         " but received offset " + std::to_string(offset) + ", length " + std::to_string(length),
+                     "mapFile", "offset");
+  }
+  const int64_t page = (int64_t)::sysconf(_SC_PAGESIZE);
+  const int64_t start = offset / page * page;
+  const int64_t delta = offset - start;
+  const size_t size = (size_t)(delta + length);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("delta", (double)delta);
+  out.Set("fileSize", (double)file_size);
+  if ((int64_t)size > limit) {
+    ::close(fd);
+    return out;  // too large for one external ArrayBuffer here: no buffer
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, (off_t)start);
+  int err = errno;
+  ::close(fd);  // the mapping keeps the file referenced
+  if (p == MAP_FAILED) throw fail("mmap failed", err);
+  out.Set("buffer", Napi::ArrayBuffer::New(
+                        env, p, size,
+                        [](Napi::Env, void* data, size_t* len) {
+                          ::munmap(data, *len);
+                          delete len;
+                        },
+                        new size_t(size)));
+  return out;
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* in = new Instance();
   env.SetInstanceData(in);
@@ -797,9 +920,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tensor", te);
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("doctor", Napi::Function::New(env, Doctor));
+  exports.Set("mapFile", Napi::Function::New(env, MapFile));
   exports.Set("matmul", Napi::Function::New(env, Matmul));
   exports.Set("binary", Napi::Function::New(env, Binary));
   exports.Set("siluMul", Napi::Function::New(env, SiluMul));
+  exports.Set("moeCombine", Napi::Function::New(env, MoeCombine));
   exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("softmax", Napi::Function::New(env, Softmax));

@@ -182,7 +182,10 @@ static void quantize_row(const QGemmArgs& g, const QCtx& x, int64_t m) {
       amax = chunk_amax(act_chunk(row, g.a_dtype, k0 + k, n, buf), n, amax);
     }
     const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-    sa[b] = amax / 127.0f;
+    // Formats with f16 weight scales (ggml's Q4_0 / Q4_1 / Q8_0 among them) keep the
+    // activation scale in f16 too, as ggml's Q8_0 / Q8_1 activation blocks do: the codes are
+    // the same, and results then agree with llama.cpp to the f32 summation order.
+    sa[b] = x.sf16 && x.sub == 0 ? f16_to_f32(f32_to_f16(amax / 127.0f)) : amax / 127.0f;
     int32_t sum = 0;
     for (int64_t k = 0; k < len; k += 64) {
       int n = (int)(len - k < 64 ? len - k : 64);

@@ -129,7 +129,8 @@ void qgemm_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
       float amax = 0;
       for (int64_t k = b * G; k < (b + 1) * G; ++k) amax = std::fmax(amax, (float)std::fabs(a[k]));
       const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-      sa[b] = (double)(amax / 127.0f);
+      // f16 weight scales: the activation scale is rounded to f16 too (tachyon/quant.h)
+      sa[b] = w.fmt.scale_dtype == DType::f16 ? (double)f16_to_f32(f32_to_f16(amax / 127.0f)) : (double)(amax / 127.0f);
       sum[b] = 0;
       for (int64_t k = b * G; k < (b + 1) * G; ++k) {
         qa[k] = std::nearbyint((float)a[k] * inv);

@@ -177,7 +177,9 @@ struct QPacked {
 //   A: a_dtype (f32, f16 or bf16), row stride lda (elements).
 //   Activations are quantized inside the kernel, per row (token) and per block of K
 //   (the weight group, or the whole row for per-channel int8), to int8 in [-127, 127]:
-//     amax = max|a|, sa = amax / 127, q = round_to_nearest_even(a * (127 / amax)).
+//     amax = max|a|, sa = amax / 127, q = round_to_nearest_even(a * (127 / amax)),
+//   with sa rounded to f16 when the weight scales are f16 (not K-quants), as ggml's
+//   Q8_0 / Q8_1 activation blocks store it (so GGUF Q4_0 / Q4_1 / Q8_0 agree with llama.cpp).
 //   The integer dot product of each block is exact (int32); per block the result is
 //   scaled in f32:  acc += sa*sw * (dot_u - off*sum(qa))  [+ sa*sum(qa) * min  (asym)].
 //   K-quants: the block is the 256-element super-block (one sa per row and super-block).
