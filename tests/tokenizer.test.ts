@@ -956,6 +956,15 @@ describe('streaming detokenizer', () => {
           Array.from(Buffer.from('€🦙é中 ok ' + "it 's", 'utf8'))
             .filter(() => r() < 0.9)
             .map((b) => bytes[b]),
+        // one token per character, around the patterns clean_spaces rewrites
+        () =>
+          Array.from(
+            randomText(r, 8, [" 're", " 've", " 's", " 'm", " ' ", ' .', ' ?', 'x', ' ', "'", 'r']),
+            (c) =>
+              tok.kind === 'spm'
+                ? bytes[c.charCodeAt(0)]
+                : (tok.tokenId(REF_B2U[c.charCodeAt(0)]) as number),
+          ),
         // spaces and punctuation that clean_spaces rewrites
         () =>
           Array.from(

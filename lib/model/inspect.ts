@@ -21,7 +21,18 @@ function shortString(s: string, max = MAX_STRING): string {
   return esc.length > max ? `${esc.slice(0, max)}… (${s.length} chars)` : esc;
 }
 
-function item(v: unknown): string {
+/** The shortest decimal that reads back as the same float32 (1e-5, not 0.000009999999747). */
+function f32Text(v: number): string {
+  if (!Number.isFinite(v) || v === 0) return String(v);
+  for (let p = 1; p <= 9; p++) {
+    const n = Number(v.toPrecision(p));
+    if (Math.fround(n) === v) return String(n);
+  }
+  return String(v);
+}
+
+function item(v: unknown, f32 = false): string {
+  if (f32 && typeof v === 'number') return f32Text(v);
   if (typeof v === 'string') return `'${shortString(v, 24)}'`;
   if (typeof v === 'bigint') return `${v}`;
   if (Array.isArray(v) || ArrayBuffer.isView(v))
@@ -32,7 +43,8 @@ function item(v: unknown): string {
 function formatArray(v: ArrayLike<unknown>): string {
   const n = v.length;
   const shown: string[] = [];
-  for (let i = 0; i < Math.min(n, MAX_ITEMS); i++) shown.push(item(v[i]));
+  const f32 = v instanceof Float32Array;
+  for (let i = 0; i < Math.min(n, MAX_ITEMS); i++) shown.push(item(v[i], f32));
   return `[${shown.join(', ')}${n > MAX_ITEMS ? `, … ${n - MAX_ITEMS} more` : ''}]`;
 }
 
@@ -46,8 +58,9 @@ function typeLabel(f: GgufFile, key: string, v: GgufValue): string {
   return t === undefined ? typeof v : ggufValueTypeName(t);
 }
 
-function valueText(v: GgufValue): string {
+function valueText(v: GgufValue, type: number | undefined): string {
   if (typeof v === 'string') return shortString(v);
+  if (type === GgufValueType.FLOAT32 && typeof v === 'number') return f32Text(v);
   if (Array.isArray(v) || ArrayBuffer.isView(v)) return formatArray(v as ArrayLike<unknown>);
   return String(v);
 }
@@ -107,7 +120,11 @@ export function formatGgufInfo(f: GgufFile): string {
   );
   lines.push('');
   lines.push('Metadata:');
-  const meta = [...f.metadata].map(([k, v]) => ['  ' + k, typeLabel(f, k, v), valueText(v)]);
+  const meta = [...f.metadata].map(([k, v]) => [
+    '  ' + k,
+    typeLabel(f, k, v),
+    valueText(v, f.metadataTypes.get(k)),
+  ]);
   if (meta.length) lines.push(...table(meta, [false, false, false]));
   lines.push('');
   lines.push('Tensors:');

@@ -84,7 +84,7 @@ export async function quantizeFile(
       type: q ? target : t.type,
       dims: t.dims,
       data: () => {
-        const src = new Uint8Array(map.buffer, t.offset, t.bytes);
+        const src = map.view(t.offset, t.bytes);
         let out: Uint8Array;
         if (!q) out = src;
         else {

@@ -26,6 +26,7 @@ export const REQUANT_FORMATS: Record<Exclude<WeightMode, 'native'>, QuantFormat>
 };
 
 export class WeightLoader {
+  private readonly views = new Map<string, Uint8Array>();
   constructor(
     readonly rt: Runtime,
     readonly file: GgufFile,
@@ -62,7 +63,11 @@ export class WeightLoader {
   }
 
   bytes(t: GgufTensorInfo, offset = 0, length = t.bytes - offset): Uint8Array {
-    return new Uint8Array(this.map.buffer, t.offset + offset, length);
+    // One view per tensor, cached: for files over 4 GiB every view is its own mapping, and
+    // embedding rows are looked up per step.
+    let whole = this.views.get(t.name);
+    if (!whole) this.views.set(t.name, (whole = this.map.view(t.offset, t.bytes)));
+    return whole.subarray(offset, offset + length);
   }
 
   /** f32 values of `rows` rows of `cols` starting at row `row0` (any supported type). */
