@@ -267,6 +267,14 @@ describe('Model API', () => {
     await expect(run).rejects.toMatchObject({ code: 'E_ABORTED' });
     expect(n).toBe(3);
     expect(m.blocks.numUsedBlocks).toBe(0);
+    // an abort during a prefill step rejects at once; the blocks are free right away
+    const ac2 = new AbortController();
+    const long = m.generate(new Int32Array(200).fill(11), { signal: ac2.signal });
+    const first = long.next();
+    setTimeout(() => ac2.abort(), 1);
+    await expect(first).rejects.toMatchObject({ code: 'E_ABORTED' });
+    expect(m.blocks.numUsedBlocks).toBe(0);
+    expect((await m.logits([1, 2, 3])).length).toBe(1024); // the model goes on
     // breaking out of the loop frees them too
     for await (const c of m.generate('Hello', { maxTokens: 50 })) {
       void c;

@@ -5,9 +5,11 @@
  * node-llama-cpp is NOT a dependency: `node scripts/llama-cpp/install.mjs` installs the pinned
  * version with only this platform's prebuilt CPU binary into .cache/node-llama-cpp/ (see
  * docs/llama-cpp.md). It is ESM-only, so it is loaded with a real dynamic import() at run time.
- * That needs a plain Node process (tsx, node): jest's vm sandbox refuses dynamic import()
- * without --experimental-vm-modules, which is why tests read the committed fixtures instead.
+ * That needs a plain Node process (tsx, node), or jest under
+ * NODE_OPTIONS=--experimental-vm-modules (its vm sandbox refuses dynamic import() otherwise);
+ * ordinary tests read the committed fixtures in tests/fixtures/llama/ instead.
  */
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -76,7 +78,18 @@ function loadLlama(): Promise<Loaded> {
   if (!isLlamaCppInstalled()) return Promise.reject(notInstalled('loadLlamaCpp'));
   loaded ??= (async () => {
     const entry = path.join(nodeLlamaCppRoot(), 'dist', 'index.js');
-    const nlc = await importEsm(pathToFileURL(entry).href);
+    let nlc: Any;
+    try {
+      nlc = await importEsm(pathToFileURL(entry).href);
+    } catch (e) {
+      if (String((e as { code?: unknown }).code).startsWith('ERR_VM_DYNAMIC_IMPORT'))
+        throw new KernelError(
+          'node-llama-cpp is an ES module and this vm sandbox (jest) cannot import() it: ' +
+            'run jest with NODE_OPTIONS=--experimental-vm-modules, or use node/tsx',
+          { code: 'E_UNSUPPORTED', op: 'loadLlamaCpp', backend: 'js' },
+        );
+      throw e;
+    }
     const level = process.env.TACHYON_LLAMA_CPP_LOG ?? 'error';
     const llama = await nlc.getLlama({
       gpu: false,
@@ -543,4 +556,107 @@ export async function benchLlamaCpp(
   } finally {
     for (const h of handles) await h.dispose();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native llama-bench, built from the same llama.cpp commit by scripts/llama-cpp/build-native.sh
+// with GGML_NATIVE=ON (-march=native) into .cache/llama.cpp/: llama.cpp's own numbers, without
+// node-llama-cpp's per-token JavaScript/async overhead.
+
+/** Where build-native.sh puts llama-bench: $TACHYON_LLAMA_BENCH or .cache/llama.cpp/build/bin. */
+export function llamaBenchPath(): string {
+  const env = process.env.TACHYON_LLAMA_BENCH;
+  if (env) return path.resolve(env);
+  const exe = process.platform === 'win32' ? 'llama-bench.exe' : 'llama-bench';
+  return path.join(packageRoot(), '.cache', 'llama.cpp', 'build', 'bin', exe);
+}
+
+export function isLlamaBenchBuilt(): boolean {
+  return fs.existsSync(llamaBenchPath());
+}
+
+export interface LlamaBenchOptions {
+  /** One or more thread counts (llama-bench -t). Default [1, 2]. */
+  threads?: number | number[];
+  /** Prompt tokens (-p). Default 512. */
+  p?: number;
+  /** Generated tokens (-n). Default 128. */
+  n?: number;
+  /** Repetitions (-r). Default 5. */
+  r?: number;
+  /** Flash attention (-fa). Default false. */
+  flashAttention?: boolean;
+}
+
+export interface LlamaBenchResult {
+  threads: number;
+  /** Mean tokens/s over the repetitions, as llama-bench prints. */
+  promptTokensPerS: number;
+  decodeTokensPerS: number;
+  promptStddev: number;
+  decodeStddev: number;
+  promptRuns: number[];
+  decodeRuns: number[];
+  buildCommit: string;
+  cpuInfo: string;
+  backends: string;
+}
+
+/** Runs the native llama-bench (`-o json`) and returns one result per thread count. */
+export async function runLlamaBench(
+  modelPath: string,
+  options: LlamaBenchOptions = {},
+): Promise<LlamaBenchResult[]> {
+  const op = 'runLlamaBench';
+  const bin = llamaBenchPath();
+  if (!fs.existsSync(bin))
+    throw new KernelError(
+      `llama-bench is not built (${bin}); build it with: bash scripts/llama-cpp/build-native.sh`,
+      { code: 'E_UNSUPPORTED', op, backend: 'js' },
+    );
+  if (typeof modelPath !== 'string' || !fs.existsSync(modelPath))
+    throw invalidArg(op, 'modelPath', 'the path of an existing GGUF file', modelPath);
+  const threads = [options.threads ?? [1, 2]].flat();
+  threads.forEach((t) => checkInt(op, 'options.threads', t, 1));
+  const p = checkInt(op, 'options.p', options.p ?? 512, 1);
+  const n = checkInt(op, 'options.n', options.n ?? 128, 1);
+  const r = checkInt(op, 'options.r', options.r ?? 5, 1);
+  const args = ['-m', modelPath, '-p', String(p), '-n', String(n), '-r', String(r)];
+  args.push('-t', threads.join(','), '-fa', options.flashAttention ? '1' : '0', '-o', 'json');
+  const stdout = await new Promise<string>((resolve, reject) =>
+    execFile(bin, args, { maxBuffer: 64 << 20 }, (err, out, errOut) =>
+      err
+        ? reject(
+            new KernelError(`llama-bench failed: ${err.message}\n${String(errOut).slice(-2000)}`, {
+              code: 'E_BACKEND',
+              op,
+              backend: 'js',
+            }),
+          )
+        : resolve(out),
+    ),
+  );
+  const rows: Any[] = JSON.parse(stdout);
+  return threads.map((t) => {
+    const pp = rows.find((x) => x.n_threads === t && x.n_prompt === p && x.n_gen === 0);
+    const tg = rows.find((x) => x.n_threads === t && x.n_gen === n && x.n_prompt === 0);
+    if (!pp || !tg)
+      throw new KernelError(`llama-bench output lacks the threads=${t} results`, {
+        code: 'E_BACKEND',
+        op,
+        backend: 'js',
+      });
+    return {
+      threads: t,
+      promptTokensPerS: pp.avg_ts,
+      decodeTokensPerS: tg.avg_ts,
+      promptStddev: pp.stddev_ts,
+      decodeStddev: tg.stddev_ts,
+      promptRuns: pp.samples_ts,
+      decodeRuns: tg.samples_ts,
+      buildCommit: pp.build_commit,
+      cpuInfo: pp.cpu_info,
+      backends: pp.backends,
+    };
+  });
 }

@@ -288,6 +288,32 @@ export class Model {
     }
   }
 
+  /**
+   * Settles with `p`, or rejects with E_ABORTED as soon as `signal` aborts. The step keeps
+   * running in the background (its queued kernels cannot be recalled), but the request is
+   * released at once: its blocks may be reused right away because every later step is
+   * ordered after it on the stream.
+   */
+  private abortable<T>(signal: AbortSignal | undefined, op: string, p: Promise<T>): Promise<T> {
+    if (!signal) return p;
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () =>
+        reject(new KernelError('The request was aborted', { code: 'E_ABORTED', op, arg: 'signal' }));
+      if (signal.aborted) onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      p.then(
+        (v) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(v);
+        },
+        (e) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      );
+    });
+  }
+
   private throwIfAborted(signal: AbortSignal | undefined, op: string): void {
     if (signal?.aborted)
       throw new KernelError('The request was aborted', { code: 'E_ABORTED', op, arg: 'signal' });
@@ -316,7 +342,7 @@ export class Model {
     try {
       let done = 0;
       while (done < ids.length) {
-        const step = await this.locked(async () => {
+        const step = await this.abortable(signal, 'prefill', this.locked(async () => {
           this.check('prefill');
           this.throwIfAborted(signal, 'prefill');
           let first = done;
@@ -345,7 +371,7 @@ export class Model {
           } finally {
             t.dispose();
           }
-        });
+        }));
         done = step.first + step.n;
         if (step.data) sink(step.data, step.first);
       }
@@ -362,7 +388,7 @@ export class Model {
     signal: AbortSignal | undefined,
     out: Float32Array,
   ): Promise<Float32Array> {
-    return this.locked(async () => {
+    return this.abortable(signal, 'generate', this.locked(async () => {
       this.check('generate');
       this.throwIfAborted(signal, 'generate');
       this.blocks.append(seq, [token]);
@@ -374,7 +400,7 @@ export class Model {
         t.dispose();
       }
       return out;
-    });
+    }));
   }
 
   private release(seq: SeqId): void {

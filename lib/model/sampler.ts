@@ -352,15 +352,25 @@ function heapReplaceRoot(h: Int32Array, size: number, w: Float32Array, id: numbe
 /** Secondary kernel results: [max, argmax, NaN index or -1, heap size, positive count]. */
 const OUT = new Float64Array(5);
 
-/**
- * Max, argmax (ties: lowest id), first NaN, and a heap of the H best finite tokens. Returns the
- * max. (Fusing the softmax sum in here by online rescaling measured 2.5x slower in V8 than a
- * second simple pass.)
- */
-function kMax(w: Float32Array, V: number, h: Int32Array, H: number): number {
+/** Max and argmax (ties: lowest id; NaN is skipped here and caught by the sum pass). */
+function kMax(w: Float32Array, V: number): number {
   let m = -Infinity;
   let am = -1;
-  let bad = -1;
+  for (let i = 0; i < V; i++) {
+    const x = w[i];
+    if (x > m) {
+      m = x;
+      am = i;
+    }
+  }
+  OUT[1] = am;
+  return m;
+}
+
+/** kMax plus a heap of the H best finite tokens (OUT[3] = its size). */
+function kMaxHeap(w: Float32Array, V: number, h: Int32Array, H: number): number {
+  let m = -Infinity;
+  let am = -1;
   let hs = 0;
   let hmin = -Infinity;
   for (let i = 0; i < V; i++) {
@@ -368,11 +378,8 @@ function kMax(w: Float32Array, V: number, h: Int32Array, H: number): number {
     if (x > m) {
       m = x;
       am = i;
-    } else if (x !== x) {
-      bad = i;
-      break;
     }
-    if (x > hmin && H !== 0) {
+    if (x > hmin) {
       if (hs < H) {
         heapPush(h, hs, w, i);
         hs++;
@@ -384,39 +391,49 @@ function kMax(w: Float32Array, V: number, h: Int32Array, H: number): number {
     }
   }
   OUT[1] = am;
-  OUT[2] = bad;
   OUT[3] = hs;
   return m;
 }
 
-/** Σ e^((w[i]-m)·invT) over the tokens above -EXP_CUT. */
+/**
+ * Σ e^((w[i]-m)·invT) over the tokens above -EXP_CUT, for a finite max m. Also finds NaN (the
+ * only way d is NaN when m is finite) in its rarely taken branch: OUT[2] = index or -1.
+ */
 function kSum(w: Float32Array, V: number, m: number, invT: number): number {
   let s = 0;
+  let bad = -1;
   for (let i = 0; i < V; i++) {
     const d = (w[i] - m) * invT;
     if (d >= -EXP_CUT) {
       const k = (0.5 - d * EXP_SCALE) | 0;
       const r = d + k * EXP_STEP;
       s += EXP_TAB[k] * (1 + r * (1 + r * (0.5 + r * (C3 + r * C4))));
+    } else if (d !== d) {
+      bad = i;
+      break;
     }
   }
+  OUT[2] = bad;
   return s;
 }
 
 /**
- * The softmax denominator plus a histogram of count and mass by bucket trunc(-d·16) of the
- * scaled log-ratio d = (w-m)·invT. Returns Σ e; OUT[4] = how many tokens have e > 0.
+ * kSum plus a histogram of count and mass by bucket trunc(-d·16) of the scaled log-ratio
+ * d = (w-m)·invT, for the tokens with d >= lo only (the rest cannot be in the final set;
+ * skipping them costs one comparison). OUT[4] = how many tokens are in the histogram.
  */
 function kSumHist(
   w: Float32Array,
   V: number,
   m: number,
   invT: number,
+  lo: number,
   hc: Float64Array,
   hm: Float64Array,
 ): number {
   let s = 0;
-  let npos = 0;
+  let n = 0;
+  let bad = -1;
   for (let i = 0; i < V; i++) {
     const d = (w[i] - m) * invT;
     if (d >= -EXP_CUT) {
@@ -424,13 +441,19 @@ function kSumHist(
       const r = d + k * EXP_STEP;
       const x = EXP_TAB[k] * (1 + r * (1 + r * (0.5 + r * (C3 + r * C4))));
       s += x;
-      const b = (-d * BUCKETS_PER_NAT) | 0;
-      hc[b]++;
-      hm[b] += x;
-      npos++;
+      if (d >= lo) {
+        const b = (-d * BUCKETS_PER_NAT) | 0;
+        hc[b]++;
+        hm[b] += x;
+        n++;
+      }
+    } else if (d !== d) {
+      bad = i;
+      break;
     }
   }
-  OUT[4] = npos;
+  OUT[2] = bad;
+  OUT[4] = n;
   return s;
 }
 
@@ -502,9 +525,12 @@ function kDraw(
 }
 
 function warmUp(): void {
+  // Realistic arguments only: m must be the true max (d <= 0). An out-of-range table index here
+  // once taught V8 that EXP_TAB[k] may be undefined, and every optimised loop then boxed numbers.
   const V = 64;
   const w = new Float32Array(V);
-  for (let i = 0; i < V; i++) w[i] = ((i * 37) % 64) / 8 - (i === 5 ? 100 : 0);
+  for (let i = 0; i < V; i++) w[i] = ((i * 37) % 64) / 8.5 - (i === 5 ? 100 : 0);
+  const m = kMax(w, V);
   const h = new Int32Array(8);
   const hc = new Float64Array(NUM_BUCKETS);
   const hm = new Float64Array(NUM_BUCKETS);
@@ -512,16 +538,20 @@ function warmUp(): void {
   const iv = new Float64Array(V);
   const bits = new Uint32Array(w.buffer);
   for (let r = 0; r < 3; r++) {
-    kMax(w, V, h, 0);
-    kMax(w, V, h, 8);
-    kSum(w, V, 7, 1);
-    kSumHist(w, V, 7, 1, hc, hm);
-    kCollect(w, V, 7, 1, 16, bits, ik, iv);
-    kDraw(w, V, 7, 1, -EXP_CUT, 40, 0, bits, 3);
-    kDraw(w, V, 7, 1, -2, 16, -1, bits, 1e9);
+    kMax(w, V);
+    kMaxHeap(w, V, h, 8);
+    kSum(w, V, m, 1.25);
+    kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm);
+    kSumHist(w, V, m, 0.75, -3.5, hc, hm);
+    kCollect(w, V, m, 1.25, 16, bits, ik, iv);
+    kDraw(w, V, m, 1.25, -EXP_CUT, 40, 0, bits, 3.5);
+    kDraw(w, V, m, 0.75, -2.5, 16, -1e9, bits, 1e9);
   }
+  hc.fill(0);
+  hm.fill(0);
   w[9] = NaN;
-  kMax(w, V, h, 0);
+  kSum(w, V, m, 1.25);
+  kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm);
 }
 warmUp();
 
@@ -897,12 +927,14 @@ export class Sampler {
   private maxAndSum(sc: Scratch, st: Prepared, H: number, invT: number): void {
     const w = sc.work;
     const V = this.vocabSize;
-    const m = kMax(w, V, sc.heap, H);
-    checkMax(OUT[2], m);
-    st.m = m;
+    const m = H === 0 ? kMax(w, V) : kMaxHeap(w, V, sc.heap, H);
     st.argmax = OUT[1];
-    st.heapSize = OUT[3];
-    st.logZ = M_log(kSum(w, V, m, invT));
+    st.heapSize = H === 0 ? 0 : OUT[3];
+    checkMax(w, V, m);
+    st.m = m;
+    const s = kSum(w, V, m, invT);
+    checkNaN(OUT[2]);
+    st.logZ = M_log(s);
   }
 
   /** Heap path: order the heap, keep the first K, then top-p and min-p on that prefix. */
@@ -974,16 +1006,18 @@ export class Sampler {
     const w = sc.work;
     const V = this.vocabSize;
     const o = this.o;
-    const m = kMax(w, V, sc.heap, o.logprobs ?? 0);
-    checkMax(OUT[2], m);
+    const H = o.logprobs ?? 0;
+    const m = H === 0 ? kMax(w, V) : kMaxHeap(w, V, sc.heap, H);
+    st.heapSize = H === 0 ? 0 : OUT[3];
+    checkMax(w, V, m);
     st.m = m;
-    st.heapSize = OUT[3];
     const invT = st.invT;
     st.dMin = -EXP_CUT;
     st.limit = NUM_BUCKETS - 1;
     st.keyLimit = 0;
     if (!(K !== 0 || o.topP < 1 || o.minP > 0)) {
       const s = kSum(w, V, m, invT);
+      checkNaN(OUT[2]);
       st.logZ = M_log(s);
       st.total = s;
       return;
@@ -992,7 +1026,19 @@ export class Sampler {
     const hm = sc.hMass;
     hc.fill(0);
     hm.fill(0);
-    st.logZ = M_log(kSumHist(w, V, m, invT, hc, hm));
+    // Only tokens with d >= lo can survive, so only they enter the histogram. Min-p: d >= ln
+    // minP. Top-p without top-k: tokens with p < (1-topP)/V carry < 1-topP of the mass in all,
+    // so the nucleus lies above them; as Σe >= 1 (the top token's own term), that is implied by
+    // e < (1-topP)/V, a bound known before the pass. Top-k needs every token counted.
+    let lo = -EXP_CUT;
+    if (K === 0) {
+      if (o.topP < 1) lo = M_max(lo, M_log((1 - o.topP) / V));
+      if (o.minP > 0) lo = M_max(lo, this.lnMinP);
+    }
+    st.dMin = lo;
+    const S = kSumHist(w, V, m, invT, lo, hc, hm);
+    checkNaN(OUT[2]);
+    st.logZ = M_log(S);
     const npos = OUT[4];
     let L = NUM_BUCKETS - 1;
     let keyLimit = 0; // 0 = none (keys are negative)
@@ -1019,7 +1065,9 @@ export class Sampler {
     };
 
     // Top-k (k above HEAP_MAX): the K best tokens.
+    let topKBound = false;
     if (K !== 0 && K < npos) {
+      topKBound = true;
       let cum = 0;
       let b = 0;
       while (cum + hc[b] < K) cum += hc[b++];
@@ -1029,19 +1077,27 @@ export class Sampler {
     }
     // Top-p on the (top-k renormalised) distribution.
     if (o.topP < 1) {
-      let sk = 0;
-      for (let b = 0; b <= L; b++) sk += hm[b];
+      // Mass of the distribution top-p sees: the top-k set's, or everything's (the histogram
+      // then holds only the tokens above lo, but the nucleus lies among them).
+      let sk = S;
+      if (topKBound) {
+        sk = 0;
+        for (let b = 0; b <= L; b++) sk += hm[b];
+      }
       const target = o.topP * sk;
       let acc = 0;
       let b = 0;
       while (b < L && acc + hm[b] < target) acc += hm[b++];
-      if (itemsBucket !== b) collect(b);
-      keep(selectMass(ik, iv, nItems, target - acc));
+      // (If even bucket L falls short, that is rounding: the whole set is the nucleus.)
+      if (acc + hm[b] >= target) {
+        if (itemsBucket !== b) collect(b);
+        keep(selectMass(ik, iv, nItems, target - acc));
+      }
     }
     // Min-p: keep d >= ln(minP). Buckets above the threshold's are whole; look inside its own.
     if (o.minP > 0) {
       const t = this.lnMinP;
-      st.dMin = M_max(-EXP_CUT, t);
+      st.dMin = M_max(st.dMin, t);
       const pos = -t * BUCKETS_PER_NAT;
       if (pos < NUM_BUCKETS && M_floor(pos) <= L) {
         const bM = M_floor(pos);
@@ -1066,12 +1122,19 @@ export class Sampler {
   }
 }
 
-function checkMax(bad: number, m: number): void {
-  if (bad >= 0)
-    throw new KernelError(
-      `logits[${bad}] is NaN after logit bias and penalties; logits must be finite or -Infinity`,
-      { code: 'E_INVALID_ARG', op: OP, arg: 'logits', backend: 'js' },
-    );
+function nanError(i: number): KernelError {
+  return new KernelError(
+    `logits[${i}] is NaN after logit bias and penalties; logits must be finite or -Infinity`,
+    { code: 'E_INVALID_ARG', op: OP, arg: 'logits', backend: 'js' },
+  );
+}
+
+function checkNaN(bad: number): void {
+  if (bad >= 0) throw nanError(bad);
+}
+
+/** After the max pass: +Infinity is an error; so is all -Infinity (or NaN). */
+function checkMax(w: Float32Array, V: number, m: number): void {
   if (m === Infinity)
     throw new KernelError('logits contain +Infinity; logits must be finite or -Infinity', {
       code: 'E_INVALID_ARG',
@@ -1079,13 +1142,15 @@ function checkMax(bad: number, m: number): void {
       arg: 'logits',
       backend: 'js',
     });
-  if (m === -Infinity)
+  if (m === -Infinity) {
+    for (let i = 0; i < V; i++) if (w[i] !== w[i]) throw nanError(i);
     throw new KernelError('every logit is -Infinity (all tokens masked): nothing to sample', {
       code: 'E_INVALID_ARG',
       op: OP,
       arg: 'logits',
       backend: 'js',
     });
+  }
 }
 
 const MODE_GREEDY = 0;

@@ -2,21 +2,24 @@
  * llama.cpp throughput (through node-llama-cpp) for one or more GGUF models, llama-bench style:
  * prefill of -p tokens and decode of -n tokens, at each thread count, best reported.
  *
- *   npx tsx scripts/llama-cpp/bench.ts [model.gguf ...] [-p 512] [-n 128] [-t 1,2] [-r 5] [--json out.json]
+ *   npx tsx scripts/llama-cpp/bench.ts [model.gguf ...] [-p 512] [-n 128] [-t 1,2] [-r 5] [--json out.json] [--native-llama]
  *
- * Default model: $TACHYON_MODELS_DIR/stories260K.gguf.
+ * Default model: $TACHYON_MODELS_DIR/stories260K.gguf. --native-llama also runs the native
+ * llama-bench built by scripts/llama-cpp/build-native.sh (same llama.cpp commit, -march=native).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   benchLlamaCpp,
+  isLlamaBenchBuilt,
   isLlamaCppInstalled,
   llamaCppVersions,
+  runLlamaBench,
   unloadLlamaCpp,
 } from '../../lib/bench/llama-cpp';
 
 function parseArgs(argv: string[]) {
-  const opts = { models: [] as string[], p: 512, n: 128, t: [1, 2], r: 5, json: '' };
+  const opts = { models: [] as string[], p: 512, n: 128, t: [1, 2], r: 5, json: '', native: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => {
@@ -29,6 +32,7 @@ function parseArgs(argv: string[]) {
     else if (a === '-t') opts.t = next().split(',').map(Number);
     else if (a === '-r') opts.r = Number(next());
     else if (a === '--json') opts.json = next();
+    else if (a === '--native-llama') opts.native = true;
     else if (a.startsWith('-')) throw new Error(`unknown option ${a}`);
     else opts.models.push(a);
   }
@@ -45,6 +49,10 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const o = parseArgs(process.argv.slice(2));
+  if (o.native && !isLlamaBenchBuilt()) {
+    console.error('llama-bench is not built: bash scripts/llama-cpp/build-native.sh');
+    process.exit(2);
+  }
   const versions = await llamaCppVersions();
   console.log(
     `llama.cpp ${versions.llamaCppRelease} (${versions.llamaCppCommit?.slice(0, 7)}) via node-llama-cpp ` +
@@ -71,7 +79,17 @@ async function main(): Promise<void> {
       `  best: pp ${r.prompt.tokensPerS.toFixed(0)} tok/s @${r.prompt.threads}t, ` +
         `tg ${r.decode.tokensPerS.toFixed(0)} tok/s @${r.decode.threads}t (medians)`,
     );
-    results.push({ model: path.basename(model), ...r });
+    let native;
+    if (o.native) {
+      native = await runLlamaBench(model, { threads: o.t, p: o.p, n: o.n, r: o.r });
+      for (const x of native)
+        console.log(
+          `  native llama-bench (${x.buildCommit}, ${x.backends}) threads ${x.threads}: ` +
+            `pp${o.p} ${x.promptTokensPerS.toFixed(0)} ± ${x.promptStddev.toFixed(0)} tok/s, ` +
+            `tg${o.n} ${x.decodeTokensPerS.toFixed(0)} ± ${x.decodeStddev.toFixed(0)} tok/s`,
+        );
+    }
+    results.push({ model: path.basename(model), ...r, ...(native ? { native } : {}) });
   }
   if (o.json) {
     const out = { date: new Date().toISOString(), engine: versions, results };

@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createRequire } from 'node:module';
+import * as prettier from 'prettier';
 import {
   isLlamaCppInstalled,
   openLlamaCpp,
@@ -71,25 +72,31 @@ function f32Base64(a: Float32Array): string {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64');
 }
 
-/** The strings of tests/fixtures/tokenizer-corpus.json, whatever its exact shape. */
-function readCorpus(): { texts: string[]; sha256: string } | undefined {
+interface CorpusCase {
+  name?: string;
+  text: string;
+}
+
+/** The cases of tests/fixtures/tokenizer-corpus.json ({cases: [{name, text}]}, or plain strings). */
+function readCorpus(): { cases: CorpusCase[]; sha256: string } | undefined {
   if (!fs.existsSync(CORPUS)) return undefined;
   const raw = fs.readFileSync(CORPUS);
   const j = JSON.parse(raw.toString('utf8'));
-  const pick = (v: unknown): string[] => {
-    if (typeof v === 'string') return [v];
+  const pick = (v: unknown): CorpusCase[] => {
+    if (typeof v === 'string') return [{ text: v }];
     if (Array.isArray(v)) return v.flatMap(pick);
     if (v && typeof v === 'object') {
       const o = v as Record<string, unknown>;
-      if (typeof o.text === 'string') return [o.text];
-      for (const k of ['strings', 'texts', 'cases', 'corpus', 'items'])
+      if (typeof o.text === 'string')
+        return [{ ...(typeof o.name === 'string' ? { name: o.name } : {}), text: o.text }];
+      for (const k of ['cases', 'strings', 'texts', 'corpus', 'items'])
         if (k in o) return pick(o[k]);
     }
     return [];
   };
-  const texts = pick(j);
-  if (texts.length === 0) throw new Error(`${CORPUS}: found no strings in it`);
-  return { texts, sha256: crypto.createHash('sha256').update(raw).digest('hex') };
+  const cases = pick(j);
+  if (cases.length === 0) throw new Error(`${CORPUS}: found no strings in it`);
+  return { cases, sha256: crypto.createHash('sha256').update(raw).digest('hex') };
 }
 
 /** Generated test models from lib/model/synthetic.ts, when that module exists. */
@@ -141,9 +148,9 @@ async function golden(
 
   let tokenizer: Record<string, unknown> | undefined;
   if (corpus) {
-    const cases = corpus.texts.map((text) => {
+    const cases = corpus.cases.map(({ name, text }) => {
       const ids = m.tokenize(text, { addSpecial: true, parseSpecial: false });
-      const c: Record<string, unknown> = { text, ids };
+      const c: Record<string, unknown> = { ...(name !== undefined ? { name } : {}), text, ids };
       const special = m.tokenize(text, { addSpecial: true, parseSpecial: true });
       if (JSON.stringify(special) !== JSON.stringify(ids)) c.ids_parse_special = special;
       return c;
@@ -228,8 +235,11 @@ async function main(): Promise<void> {
       const m = await openLlamaCpp(file, { threads: args.threads, contextSize: 512 });
       try {
         const fixture = await golden(m, name, file, corpus);
-        const text = JSON.stringify(fixture, null, 1) + '\n';
         const out = path.join(args.out, `${name}.json`);
+        // formatted the way `prettier --check .` (npm run lint) wants it, which also keeps
+        // number arrays and short objects on shared lines
+        const config = (await prettier.resolveConfig(out)) ?? {};
+        const text = await prettier.format(JSON.stringify(fixture), { ...config, parser: 'json' });
         fs.writeFileSync(out, text);
         const kb = (Buffer.byteLength(text) / 1024).toFixed(1);
         oversize ||= Buffer.byteLength(text) > FIXTURE_LIMIT;
