@@ -149,6 +149,16 @@ describe('against llama.cpp (golden fixtures)', () => {
     const m = await loadModel(file, { threads: 2 });
     try {
       const V = m.info.config.vocab;
+      // tokenization of the whole corpus (with and without special-token parsing)
+      for (const c of g.tokenizer.cases) {
+        expect([c.name, Array.from(m.tokenize(c.text))]).toEqual([c.name, c.ids]);
+        if (c.ids_parse_special)
+          expect([c.name, Array.from(m.tokenize(c.text, { parseSpecial: true }))]).toEqual([
+            c.name,
+            c.ids_parse_special,
+          ]);
+      }
+      expect(g.tokenizer.cases.length).toBeGreaterThanOrEqual(40);
       // logits of the same sequence
       const want = decodeB64(g.logits.last_f32le_base64);
       const got = await m.logits(g.logits.tokens);

@@ -280,6 +280,9 @@ interface Scratch {
   bits: Uint32Array;
   itKey: Float64Array;
   itVal: Float64Array;
+  lId: Int32Array;
+  lE: Float64Array;
+  lB: Uint16Array;
   hCount: Float64Array;
   hMass: Float64Array;
   heap: Int32Array;
@@ -300,6 +303,9 @@ function scratch(V: number): Scratch {
     bits: new Uint32Array(work.buffer),
     itKey: new Float64Array(V),
     itVal: new Float64Array(V),
+    lId: new Int32Array(V),
+    lE: new Float64Array(V),
+    lB: new Uint16Array(V),
     hCount: new Float64Array(NUM_BUCKETS),
     hMass: new Float64Array(NUM_BUCKETS),
     heap: new Int32Array(HEAP_MAX),
@@ -367,18 +373,15 @@ function kMax(w: Float32Array, V: number): number {
   return m;
 }
 
-/** kMax plus a heap of the H best finite tokens (OUT[3] = its size). */
+/**
+ * The H best finite tokens in a heap (OUT[3] = its size), and from them the max and argmax:
+ * the best token is always in the heap, so the loop needs only the one heap comparison.
+ */
 function kMaxHeap(w: Float32Array, V: number, h: Int32Array, H: number): number {
-  let m = -Infinity;
-  let am = -1;
   let hs = 0;
   let hmin = -Infinity;
   for (let i = 0; i < V; i++) {
     const x = w[i];
-    if (x > m) {
-      m = x;
-      am = i;
-    }
     if (x > hmin) {
       if (hs < H) {
         heapPush(h, hs, w, i);
@@ -388,6 +391,16 @@ function kMaxHeap(w: Float32Array, V: number, h: Int32Array, H: number): number 
         heapReplaceRoot(h, H, w, i);
         hmin = w[h[0]];
       }
+    }
+  }
+  let m = -Infinity;
+  let am = -1;
+  for (let j = 0; j < hs; j++) {
+    const i = h[j];
+    const x = w[i];
+    if (x > m || (x === m && i < am)) {
+      m = x;
+      am = i;
     }
   }
   OUT[1] = am;
@@ -418,9 +431,10 @@ function kSum(w: Float32Array, V: number, m: number, invT: number): number {
 }
 
 /**
- * kSum plus a histogram of count and mass by bucket trunc(-d·16) of the scaled log-ratio
- * d = (w-m)·invT, for the tokens with d >= lo only (the rest cannot be in the final set;
- * skipping them costs one comparison). OUT[4] = how many tokens are in the histogram.
+ * kSum plus, for the tokens with d >= lo only (the rest cannot be in the final set; skipping
+ * them costs one comparison): a histogram of count and mass by bucket trunc(-d·16) of the
+ * scaled log-ratio d = (w-m)·invT, and a list of them in id order (id, e, bucket). Returns Σ e
+ * over all tokens; OUT[4] = list length, OUT[0] = Σ e over the list.
  */
 function kSumHist(
   w: Float32Array,
@@ -430,8 +444,12 @@ function kSumHist(
   lo: number,
   hc: Float64Array,
   hm: Float64Array,
+  lid: Int32Array,
+  le: Float64Array,
+  lb: Uint16Array,
 ): number {
   let s = 0;
+  let sl = 0;
   let n = 0;
   let bad = -1;
   for (let i = 0; i < V; i++) {
@@ -445,6 +463,10 @@ function kSumHist(
         const b = (-d * BUCKETS_PER_NAT) | 0;
         hc[b]++;
         hm[b] += x;
+        lid[n] = i;
+        le[n] = x;
+        lb[n] = b;
+        sl += x;
         n++;
       }
     } else if (d !== d) {
@@ -452,49 +474,68 @@ function kSumHist(
       break;
     }
   }
+  OUT[0] = sl;
   OUT[2] = bad;
   OUT[4] = n;
   return s;
 }
 
-/** Gathers (sort key, e) of the tokens in bucket b, recomputing e. Returns how many. */
+/** Gathers (sort key, e) of the listed tokens in bucket b. Returns how many. */
 function kCollect(
-  w: Float32Array,
-  V: number,
-  m: number,
-  invT: number,
+  lid: Int32Array,
+  le: Float64Array,
+  lb: Uint16Array,
+  n: number,
   b: number,
   bits: Uint32Array,
   ik: Float64Array,
   iv: Float64Array,
 ): number {
   let c = 0;
-  for (let i = 0; i < V; i++) {
-    const d = (w[i] - m) * invT;
-    if (d >= -EXP_CUT && ((-d * BUCKETS_PER_NAT) | 0) === b) {
+  for (let j = 0; j < n; j++) {
+    if (lb[j] === b) {
+      const i = lid[j];
       let u = bits[i];
       if (u === 0x80000000) u = 0;
       u = u & 0x80000000 ? ~u >>> 0 : (u | 0x80000000) >>> 0;
       ik[c] = -(u * ID_SPACE + (ID_MASK - i));
-      const k = (0.5 - d * EXP_SCALE) | 0;
-      const r = d + k * EXP_STEP;
-      iv[c] = EXP_TAB[k] * (1 + r * (1 + r * (0.5 + r * (C3 + r * C4))));
+      iv[c] = le[j];
       c++;
     }
   }
   return c;
 }
 
+/** Inverse-CDF walk in token id order over every token (no truncation), recomputing e. */
+function kDrawAll(w: Float32Array, V: number, m: number, invT: number, target: number): number {
+  let acc = 0;
+  let last = -1;
+  for (let i = 0; i < V; i++) {
+    const d = (w[i] - m) * invT;
+    if (d >= -EXP_CUT) {
+      const k = (0.5 - d * EXP_SCALE) | 0;
+      const r = d + k * EXP_STEP;
+      acc += EXP_TAB[k] * (1 + r * (1 + r * (0.5 + r * (C3 + r * C4))));
+      last = i;
+      if (acc > target) return i;
+    }
+  }
+  return last; // rounding: target at the very end of the mass
+}
+
 /**
- * Inverse-CDF walk in token id order over the kept set: d >= dMin, bucket <= L, and within
- * bucket L sort key <= keyLimit (0 = no key limit). Stops once the running mass exceeds target;
- * if rounding runs it past the end, returns the last kept token.
+ * Inverse-CDF walk, in id order, over the listed tokens that are kept: d >= dMin, bucket <= L,
+ * and within bucket L sort key <= keyLimit (0 = no key limit). Returns the token; if rounding
+ * runs the walk past the end, the last kept one.
  */
-function kDraw(
+function kDrawList(
   w: Float32Array,
-  V: number,
   m: number,
   invT: number,
+  lid: Int32Array,
+  le: Float64Array,
+  lb: Uint16Array,
+  n: number,
   dMin: number,
   L: number,
   keyLimit: number,
@@ -503,23 +544,20 @@ function kDraw(
 ): number {
   let acc = 0;
   let last = -1;
-  for (let i = 0; i < V; i++) {
-    const d = (w[i] - m) * invT;
-    if (d >= dMin) {
-      const b = (-d * BUCKETS_PER_NAT) | 0;
-      if (b > L) continue;
-      if (b === L && keyLimit < 0) {
-        let u = bits[i];
-        if (u === 0x80000000) u = 0;
-        u = u & 0x80000000 ? ~u >>> 0 : (u | 0x80000000) >>> 0;
-        if (-(u * ID_SPACE + (ID_MASK - i)) > keyLimit) continue;
-      }
-      const k = (0.5 - d * EXP_SCALE) | 0;
-      const r = d + k * EXP_STEP;
-      acc += EXP_TAB[k] * (1 + r * (1 + r * (0.5 + r * (C3 + r * C4))));
-      last = i;
-      if (acc > target) return i;
+  for (let j = 0; j < n; j++) {
+    const b = lb[j];
+    if (b > L) continue;
+    const i = lid[j];
+    if ((w[i] - m) * invT < dMin) continue;
+    if (b === L && keyLimit < 0) {
+      let u = bits[i];
+      if (u === 0x80000000) u = 0;
+      u = u & 0x80000000 ? ~u >>> 0 : (u | 0x80000000) >>> 0;
+      if (-(u * ID_SPACE + (ID_MASK - i)) > keyLimit) continue;
     }
+    acc += le[j];
+    last = i;
+    if (acc > target) return i;
   }
   return last;
 }
@@ -536,22 +574,25 @@ function warmUp(): void {
   const hm = new Float64Array(NUM_BUCKETS);
   const ik = new Float64Array(V);
   const iv = new Float64Array(V);
+  const lid = new Int32Array(V);
+  const le = new Float64Array(V);
+  const lb = new Uint16Array(V);
   const bits = new Uint32Array(w.buffer);
   for (let r = 0; r < 3; r++) {
     kMax(w, V);
     kMaxHeap(w, V, h, 8);
     kSum(w, V, m, 1.25);
-    kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm);
-    kSumHist(w, V, m, 0.75, -3.5, hc, hm);
-    kCollect(w, V, m, 1.25, 16, bits, ik, iv);
-    kDraw(w, V, m, 1.25, -EXP_CUT, 40, 0, bits, 3.5);
-    kDraw(w, V, m, 0.75, -2.5, 16, -1e9, bits, 1e9);
+    kDrawAll(w, V, m, 1.25, 3.5);
+    kSumHist(w, V, m, 0.75, -3.5, hc, hm, lid, le, lb);
+    kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm, lid, le, lb);
+    const n = OUT[4];
+    kCollect(lid, le, lb, n, 16, bits, ik, iv);
+    kDrawList(w, m, 1.25, lid, le, lb, n, -EXP_CUT, 40, 0, bits, 3.5);
+    kDrawList(w, m, 0.75, lid, le, lb, n, -2.5, 16, -1e9, bits, 1e9);
   }
-  hc.fill(0);
-  hm.fill(0);
   w[9] = NaN;
   kSum(w, V, m, 1.25);
-  kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm);
+  kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm, lid, le, lb);
 }
 warmUp();
 
@@ -806,17 +847,23 @@ export class Sampler {
       token = sc.dId[j]; // j = n - 1 also when rounding runs past the end
     } else {
       const target = this.rng() * st.total;
-      token = kDraw(
-        sc.work,
-        this.vocabSize,
-        st.m,
-        st.invT,
-        st.dMin,
-        st.limit,
-        st.keyLimit,
-        sc.bits,
-        target,
-      );
+      token =
+        st.listLen < 0
+          ? kDrawAll(sc.work, this.vocabSize, st.m, st.invT, target)
+          : kDrawList(
+              sc.work,
+              st.m,
+              st.invT,
+              sc.lId,
+              sc.lE,
+              sc.lB,
+              st.listLen,
+              st.dMin,
+              st.limit,
+              st.keyLimit,
+              sc.bits,
+              target,
+            );
     }
     const w = sc.work;
     const out: SampledToken = { token, logprob: lp(w, token, st.m, st.invT, st.logZ) };
@@ -837,15 +884,21 @@ export class Sampler {
     if (st.mode === MODE_HEAP) {
       for (let j = 0; j < st.count; j++) pairs.push([sc.dId[j], sc.dVal[j] / st.total]);
     } else {
-      // The same predicate as kDraw, written plainly (this is not a hot path).
+      // The same predicate as kDrawList, written plainly (this is not a hot path).
       const w = sc.work;
-      for (let i = 0; i < this.vocabSize; i++) {
-        const d = (w[i] - st.m) * st.invT;
-        if (!(d >= st.dMin)) continue;
-        const b = M_floor(-d * BUCKETS_PER_NAT);
-        if (b > st.limit) continue;
-        if (b === st.limit && st.keyLimit < 0 && keyOf(sc.bits, i) > st.keyLimit) continue;
-        pairs.push([i, expNeg(d) / st.total]);
+      if (st.listLen < 0) {
+        for (let i = 0; i < this.vocabSize; i++) {
+          const d = (w[i] - st.m) * st.invT;
+          if (d >= -EXP_CUT) pairs.push([i, expNeg(d) / st.total]);
+        }
+      } else {
+        for (let j = 0; j < st.listLen; j++) {
+          const i = sc.lId[j];
+          const b = sc.lB[j];
+          if (b > st.limit || (w[i] - st.m) * st.invT < st.dMin) continue;
+          if (b === st.limit && st.keyLimit < 0 && keyOf(sc.bits, i) > st.keyLimit) continue;
+          pairs.push([i, sc.lE[j] / st.total]);
+        }
       }
     }
     return {
@@ -1020,6 +1073,7 @@ export class Sampler {
       checkNaN(OUT[2]);
       st.logZ = M_log(s);
       st.total = s;
+      st.listLen = -1; // no truncation: the draw scans the vocabulary
       return;
     }
     const hc = sc.hCount;
@@ -1036,10 +1090,11 @@ export class Sampler {
       if (o.minP > 0) lo = M_max(lo, this.lnMinP);
     }
     st.dMin = lo;
-    const S = kSumHist(w, V, m, invT, lo, hc, hm);
+    const S = kSumHist(w, V, m, invT, lo, hc, hm, sc.lId, sc.lE, sc.lB);
     checkNaN(OUT[2]);
     st.logZ = M_log(S);
     const npos = OUT[4];
+    st.listLen = npos;
     let L = NUM_BUCKETS - 1;
     let keyLimit = 0; // 0 = none (keys are negative)
     let itemsBucket = -1;
@@ -1047,7 +1102,7 @@ export class Sampler {
     const ik = sc.itKey;
     const iv = sc.itVal;
     const collect = (b: number): void => {
-      nItems = kCollect(w, V, m, invT, b, sc.bits, ik, iv);
+      nItems = kCollect(sc.lId, sc.lE, sc.lB, npos, b, sc.bits, ik, iv);
       itemsBucket = b;
     };
     // Keeps items [0, n) of the boundary bucket: their mass and largest key.
@@ -1172,6 +1227,8 @@ interface Prepared {
   limit: number;
   keyLimit: number;
   dMin: number;
+  /** Histogram path: length of the (id, e, bucket) list; -1 = no truncation, no list. */
+  listLen: number;
 }
 
 const PREP: Prepared = {
@@ -1187,6 +1244,7 @@ const PREP: Prepared = {
   limit: -1,
   keyLimit: 0,
   dMin: 0,
+  listLen: -1,
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ async function main(): Promise<void> {
         const out = path.join(args.out, `${name}.json`);
         // formatted the way `prettier --check .` (npm run lint) wants it, which also keeps
         // number arrays and short objects on shared lines
-        const config = (await prettier.resolveConfig(out)) ?? {};
+        const config = (await prettier.resolveConfig(path.join(ROOT, 'package.json'))) ?? {};
         const text = await prettier.format(JSON.stringify(fixture), { ...config, parser: 'json' });
         fs.writeFileSync(out, text);
         const kb = (Buffer.byteLength(text) / 1024).toFixed(1);
