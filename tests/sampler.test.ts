@@ -211,28 +211,32 @@ function draws(s: Sampler, logits: Float32Array, n: number): Map<number, number>
 // ------------------------------------------------------------------------------------------
 
 describe('Sampler: distribution after every stage matches the float64 full-sort reference', () => {
-  // Options enabled cumulatively stage by stage, on both paths: heap (topK <= 256) and
-  // histogram (no topK, or topK > 256).
+  // Options enabled cumulatively stage by stage, on both paths: heap (topK <= 1024) and
+  // histogram (no topK, or topK > 1024).
   const combos: SamplingOptions[] = [
     { temperature: 1 },
     { temperature: 0.7 },
     { temperature: 1.3, topK: 1 },
     { temperature: 0.8, topK: 40 },
-    { temperature: 0.8, topK: 256 },
-    { temperature: 0.8, topK: 257 },
-    { temperature: 0.8, topK: 600 },
+    { temperature: 0.8, topK: 1024 },
+    { temperature: 0.8, topK: 1025 },
+    { temperature: 0.8, topK: 2000 },
     { temperature: 0.8, topP: 0.95 },
     { temperature: 0.5, topP: 0.5 },
     { temperature: 1.5, topP: 0.999 },
     { temperature: 0.8, topK: 40, topP: 0.95 },
     { temperature: 0.8, topK: 500, topP: 0.9 },
+    { temperature: 0.8, topK: 1100, topP: 0.9 },
     { temperature: 0.8, minP: 0.05 },
     { temperature: 2, minP: 0.3 },
     { temperature: 0.8, topK: 40, minP: 0.1 },
     { temperature: 0.8, topK: 400, minP: 0.02 },
+    { temperature: 0.8, topK: 1500, minP: 0.02 },
     { temperature: 0.8, topP: 0.95, minP: 0.05 },
     { temperature: 0.8, topK: 40, topP: 0.9, minP: 0.05 },
     { temperature: 0.8, topK: 300, topP: 0.8, minP: 0.01 },
+    { temperature: 0.8, topK: 1200, topP: 0.8, minP: 0.01 },
+    { temperature: 1, topP: 0.999999, minP: 1e-4 },
     { temperature: 1, topP: 0.3, minP: 0.9 },
     { temperature: 1, minP: 1 },
     { temperature: 0.9, topK: 50, repetitionPenalty: 1.3, frequencyPenalty: 0.4 },
@@ -247,7 +251,7 @@ describe('Sampler: distribution after every stage matches the float64 full-sort 
   ];
 
   test.each(combos.map((o, i) => [i, show(o), o] as const))('combo %i %s', (_i, _name, o) => {
-    for (const V of [1000, 3000]) {
+    for (const V of [1200, 3000]) {
       for (let trial = 0; trial < 6; trial++) {
         const seed = 1000 * V + trial;
         const logits = makeLogits(V, seed, trial % 2 ? 2 : 3.5);
@@ -265,10 +269,10 @@ describe('Sampler: distribution after every stage matches the float64 full-sort 
     const r = rng(4242);
     const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)];
     for (let trial = 0; trial < 120; trial++) {
-      const V = pick([2, 7, 100, 1000, 2500]);
+      const V = pick([2, 7, 100, 1000, 2500, 4000]);
       const o: SamplingOptions = {
         temperature: pick([0.3, 0.7, 1, 1.8]),
-        topK: pick([0, 0, 1, 3, 40, 255, 256, 257, 700, V, V + 5]),
+        topK: pick([0, 0, 1, 3, 40, 1023, 1024, 1025, 1500, V, V + 5]),
         topP: pick([1, 1, 0.5, 0.9, 0.97]),
         minP: pick([0, 0, 0.01, 0.1, 0.5]),
         repetitionPenalty: pick([1, 1.15]),
@@ -294,6 +298,7 @@ describe('Sampler: distribution after every stage matches the float64 full-sort 
     const logits = new Float32Array(V).fill(-5);
     for (const i of [17, 3, 400, 250]) logits[i] = 2; // four-way tie at the top
     expect(new Sampler(V, { temperature: 0 }).sample(logits).token).toBe(3);
+    expect(new Sampler(V, { temperature: 0, logprobs: 2 }).sample(logits).token).toBe(3);
     expect([...distMap(new Sampler(V, { temperature: 1, topK: 1 }), logits).keys()]).toEqual([3]);
     expect([...distMap(new Sampler(V, { temperature: 1, topK: 2 }), logits).keys()]).toEqual([
       3, 17,
@@ -305,8 +310,10 @@ describe('Sampler: distribution after every stage matches the float64 full-sort 
     const flat = new Float32Array(5000);
     const f = distMap(new Sampler(5000, { temperature: 1, topP: 0.3001 }), flat);
     expect([...f.keys()]).toEqual(Array.from({ length: 1501 }, (_, i) => i));
-    const fk = distMap(new Sampler(5000, { temperature: 1, topK: 1000 }), flat);
-    expect([...fk.keys()]).toEqual(Array.from({ length: 1000 }, (_, i) => i));
+    for (const k of [1000, 2000]) {
+      const fk = distMap(new Sampler(5000, { temperature: 1, topK: k }), flat);
+      expect([...fk.keys()]).toEqual(Array.from({ length: k }, (_, i) => i));
+    }
   });
 
   test('topK larger than (or equal to) the vocabulary is the same as off', () => {
@@ -340,15 +347,16 @@ describe('Sampler: draws', () => {
   const N = 20000;
 
   test.each([
-    [{ temperature: 0.8, topK: 40, topP: 0.95 }],
-    [{ temperature: 0.8, topP: 0.9 }],
-    [{ temperature: 1.2, minP: 0.02 }],
-    [{ temperature: 1 }],
-    [{ temperature: 0.7, topK: 300 }],
-  ] as [SamplingOptions][])('chi-square of %j against the reference', (o) => {
-    const logits = makeLogits(V, 31, 1.5, 12);
+    [{ temperature: 0.8, topK: 40, topP: 0.95 }, V],
+    [{ temperature: 0.8, topP: 0.9 }, V],
+    [{ temperature: 1.2, minP: 0.02 }, V],
+    [{ temperature: 1 }, V],
+    [{ temperature: 0.7, topK: 300 }, V],
+    [{ temperature: 0.7, topK: 1500, topP: 0.97 }, 3000],
+  ] as [SamplingOptions, number][])('chi-square of %j (vocab %i) against the reference', (o, v) => {
+    const logits = makeLogits(v, 31, 1.5, 12);
     const want = reference(logits, o).dist;
-    const counts = draws(new Sampler(V, { ...o, seed: 12345 }), logits, N);
+    const counts = draws(new Sampler(v, { ...o, seed: 12345 }), logits, N);
     const { stat, df, outside } = chi2(counts, want, N);
     expect(outside).toBe(0); // never a token outside the candidate set
     expect(df).toBeGreaterThan(3);
@@ -379,20 +387,24 @@ describe('Sampler: draws', () => {
   });
 
   test('each draw is the inverse CDF, over ascending ids, of one createRng(seed) uniform', () => {
+    const V2 = 3000;
     for (const o of [
       { temperature: 0.8, topK: 40, topP: 0.95 },
-      { temperature: 1.1, topK: 256 },
-      { temperature: 0.8, topK: 400, topP: 0.9 },
+      { temperature: 1.1, topK: 1024 },
+      { temperature: 0.8, topK: 1500, topP: 0.9 },
       { temperature: 0.9, topP: 0.9, minP: 0.02 },
       { temperature: 0.7, minP: 0.05 },
       { temperature: 1 },
     ] as SamplingOptions[]) {
-      const s = new Sampler(V, { ...o, seed: 99 });
+      const s = new Sampler(V2, { ...o, seed: 99 });
       const u = createRng(99);
+      const cases = Array.from({ length: 6 }, (_, i) => {
+        const logits = makeLogits(V2, 700 + i, 1 + (i % 3));
+        return { logits, want: [...reference(logits, o).dist].sort((a, b) => a[0] - b[0]) };
+      });
       let mismatches = 0;
-      for (let i = 0; i < 150; i++) {
-        const logits = makeLogits(V, 700 + (i % 10), 1 + (i % 3));
-        const want = [...reference(logits, o).dist].sort((a, b) => a[0] - b[0]);
+      for (let i = 0; i < 120; i++) {
+        const { logits, want } = cases[i % cases.length];
         const target = u();
         let acc = 0;
         let tok = want[want.length - 1][0];
@@ -411,8 +423,9 @@ describe('Sampler: draws', () => {
 
   test('same seed gives the same tokens, different seeds differ, reset() replays', () => {
     const o = { temperature: 1, topP: 0.95 };
+    const rows = Array.from({ length: 5 }, (_, i) => makeLogits(V, i, 1));
     const seq = (s: Sampler): number[] =>
-      Array.from({ length: 200 }, (_, i) => s.sample(makeLogits(V, i % 5, 1)).token);
+      Array.from({ length: 200 }, (_, i) => s.sample(rows[i % 5]).token);
     const s1 = new Sampler(V, { ...o, seed: 7 });
     const a = seq(s1);
     expect(seq(new Sampler(V, { ...o, seed: 7 }))).toEqual(a);
@@ -608,6 +621,7 @@ describe('Sampler: logprobs', () => {
       { temperature: 1.3, topP: 0.5, logprobs: 20 },
       { temperature: 0.6, minP: 0.1, logprobs: 1 },
       { temperature: 0.6, topK: 1000, logprobs: 7 },
+      { temperature: 0.6, topK: 1500, topP: 0.9, logprobs: 7 },
       { temperature: 1, logprobs: 4 },
       { temperature: 0, logprobs: 6 }, // greedy: logprobs at temperature 1
       { temperature: 0.9, repetitionPenalty: 1.3, logitBias: { 4: 2 }, logprobs: 3 },

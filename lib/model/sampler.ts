@@ -272,7 +272,7 @@ function selectMass(k: Float64Array, v: Float64Array, n: number, need: number): 
 const BUCKETS_PER_NAT = 16;
 const NUM_BUCKETS = EXP_CUT * BUCKETS_PER_NAT + 1;
 /** Top-k up to this uses a heap during the max pass; larger k uses the histogram. */
-const HEAP_MAX = 256;
+const HEAP_MAX = 1024;
 
 interface Scratch {
   size: number;
@@ -433,8 +433,8 @@ function kSum(w: Float32Array, V: number, m: number, invT: number): number {
 /**
  * kSum plus, for the tokens with d >= lo only (the rest cannot be in the final set; skipping
  * them costs one comparison): a histogram of count and mass by bucket trunc(-d·16) of the
- * scaled log-ratio d = (w-m)·invT, and a list of them in id order (id, e, bucket). Returns Σ e
- * over all tokens; OUT[4] = list length, OUT[0] = Σ e over the list.
+ * scaled log-ratio d = (w-m)·invT, and, when `list`, a list of them in id order (id, e,
+ * bucket). Returns Σ e over all tokens; OUT[4] = how many are >= lo.
  */
 function kSumHist(
   w: Float32Array,
@@ -444,12 +444,12 @@ function kSumHist(
   lo: number,
   hc: Float64Array,
   hm: Float64Array,
+  list: boolean,
   lid: Int32Array,
   le: Float64Array,
   lb: Uint16Array,
 ): number {
   let s = 0;
-  let sl = 0;
   let n = 0;
   let bad = -1;
   for (let i = 0; i < V; i++) {
@@ -463,10 +463,11 @@ function kSumHist(
         const b = (-d * BUCKETS_PER_NAT) | 0;
         hc[b]++;
         hm[b] += x;
-        lid[n] = i;
-        le[n] = x;
-        lb[n] = b;
-        sl += x;
+        if (list) {
+          lid[n] = i;
+          le[n] = x;
+          lb[n] = b;
+        }
         n++;
       }
     } else if (d !== d) {
@@ -474,10 +475,38 @@ function kSumHist(
       break;
     }
   }
-  OUT[0] = sl;
   OUT[2] = bad;
   OUT[4] = n;
   return s;
+}
+
+/** The (id, e, bucket) list of the tokens in buckets <= L, in id order. Returns its length. */
+function kList(
+  w: Float32Array,
+  V: number,
+  m: number,
+  invT: number,
+  L: number,
+  lid: Int32Array,
+  le: Float64Array,
+  lb: Uint16Array,
+): number {
+  let n = 0;
+  for (let i = 0; i < V; i++) {
+    const d = (w[i] - m) * invT;
+    if (d >= -EXP_CUT) {
+      const b = (-d * BUCKETS_PER_NAT) | 0;
+      if (b <= L) {
+        const k = (0.5 - d * EXP_SCALE) | 0;
+        const r = d + k * EXP_STEP;
+        lid[n] = i;
+        le[n] = EXP_TAB[k] * (1 + r * (1 + r * (0.5 + r * (C3 + r * C4))));
+        lb[n] = b;
+        n++;
+      }
+    }
+  }
+  return n;
 }
 
 /** Gathers (sort key, e) of the listed tokens in bucket b. Returns how many. */
@@ -524,19 +553,15 @@ function kDrawAll(w: Float32Array, V: number, m: number, invT: number, target: n
 }
 
 /**
- * Inverse-CDF walk, in id order, over the listed tokens that are kept: d >= dMin, bucket <= L,
- * and within bucket L sort key <= keyLimit (0 = no key limit). Returns the token; if rounding
- * runs the walk past the end, the last kept one.
+ * Inverse-CDF walk, in id order, over the listed tokens that are kept: bucket <= L, and within
+ * bucket L sort key <= keyLimit (0 = no key limit, -Infinity = none of bucket L). Returns the
+ * token; if rounding runs the walk past the end, the last kept one.
  */
 function kDrawList(
-  w: Float32Array,
-  m: number,
-  invT: number,
   lid: Int32Array,
   le: Float64Array,
   lb: Uint16Array,
   n: number,
-  dMin: number,
   L: number,
   keyLimit: number,
   bits: Uint32Array,
@@ -548,7 +573,6 @@ function kDrawList(
     const b = lb[j];
     if (b > L) continue;
     const i = lid[j];
-    if ((w[i] - m) * invT < dMin) continue;
     if (b === L && keyLimit < 0) {
       let u = bits[i];
       if (u === 0x80000000) u = 0;
@@ -583,16 +607,17 @@ function warmUp(): void {
     kMaxHeap(w, V, h, 8);
     kSum(w, V, m, 1.25);
     kDrawAll(w, V, m, 1.25, 3.5);
-    kSumHist(w, V, m, 0.75, -3.5, hc, hm, lid, le, lb);
-    kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm, lid, le, lb);
+    kSumHist(w, V, m, 0.75, -3.5, hc, hm, false, lid, le, lb);
+    kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm, true, lid, le, lb);
     const n = OUT[4];
+    kList(w, V, m, 1.25, 40, lid, le, lb);
     kCollect(lid, le, lb, n, 16, bits, ik, iv);
-    kDrawList(w, m, 1.25, lid, le, lb, n, -EXP_CUT, 40, 0, bits, 3.5);
-    kDrawList(w, m, 0.75, lid, le, lb, n, -2.5, 16, -1e9, bits, 1e9);
+    kDrawList(lid, le, lb, n, 40, 0, bits, 3.5);
+    kDrawList(lid, le, lb, n, 16, -1e9, bits, 1e9);
   }
   w[9] = NaN;
   kSum(w, V, m, 1.25);
-  kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm, lid, le, lb);
+  kSumHist(w, V, m, 1.25, -EXP_CUT, hc, hm, true, lid, le, lb);
 }
 warmUp();
 
@@ -850,20 +875,7 @@ export class Sampler {
       token =
         st.listLen < 0
           ? kDrawAll(sc.work, this.vocabSize, st.m, st.invT, target)
-          : kDrawList(
-              sc.work,
-              st.m,
-              st.invT,
-              sc.lId,
-              sc.lE,
-              sc.lB,
-              st.listLen,
-              st.dMin,
-              st.limit,
-              st.keyLimit,
-              sc.bits,
-              target,
-            );
+          : kDrawList(sc.lId, sc.lE, sc.lB, st.listLen, st.limit, st.keyLimit, sc.bits, target);
     }
     const w = sc.work;
     const out: SampledToken = { token, logprob: lp(w, token, st.m, st.invT, st.logZ) };
@@ -895,7 +907,7 @@ export class Sampler {
         for (let j = 0; j < st.listLen; j++) {
           const i = sc.lId[j];
           const b = sc.lB[j];
-          if (b > st.limit || (w[i] - st.m) * st.invT < st.dMin) continue;
+          if (b > st.limit) continue;
           if (b === st.limit && st.keyLimit < 0 && keyOf(sc.bits, i) > st.keyLimit) continue;
           pairs.push([i, sc.lE[j] / st.total]);
         }
@@ -1065,7 +1077,6 @@ export class Sampler {
     checkMax(w, V, m);
     st.m = m;
     const invT = st.invT;
-    st.dMin = -EXP_CUT;
     st.limit = NUM_BUCKETS - 1;
     st.keyLimit = 0;
     if (!(K !== 0 || o.topP < 1 || o.minP > 0)) {
@@ -1089,12 +1100,13 @@ export class Sampler {
       if (o.topP < 1) lo = M_max(lo, M_log((1 - o.topP) / V));
       if (o.minP > 0) lo = M_max(lo, this.lnMinP);
     }
-    st.dMin = lo;
-    const S = kSumHist(w, V, m, invT, lo, hc, hm, sc.lId, sc.lE, sc.lB);
+    // With top-k the histogram must count every token; the list is built after, for the
+    // buckets the top-k set reaches.
+    const S = kSumHist(w, V, m, invT, lo, hc, hm, K === 0, sc.lId, sc.lE, sc.lB);
     checkNaN(OUT[2]);
     st.logZ = M_log(S);
     const npos = OUT[4];
-    st.listLen = npos;
+    let nList = npos;
     let L = NUM_BUCKETS - 1;
     let keyLimit = 0; // 0 = none (keys are negative)
     let itemsBucket = -1;
@@ -1102,7 +1114,7 @@ export class Sampler {
     const ik = sc.itKey;
     const iv = sc.itVal;
     const collect = (b: number): void => {
-      nItems = kCollect(sc.lId, sc.lE, sc.lB, npos, b, sc.bits, ik, iv);
+      nItems = kCollect(sc.lId, sc.lE, sc.lB, nList, b, sc.bits, ik, iv);
       itemsBucket = b;
     };
     // Keeps items [0, n) of the boundary bucket: their mass and largest key.
@@ -1115,7 +1127,7 @@ export class Sampler {
         if (ik[j] > kmax) kmax = ik[j];
       }
       hm[itemsBucket] = mass;
-      keyLimit = n > 0 ? kmax : 0;
+      keyLimit = kmax; // -Infinity when n = 0: nothing of this bucket
       L = itemsBucket;
     };
 
@@ -1126,9 +1138,12 @@ export class Sampler {
       let cum = 0;
       let b = 0;
       while (cum + hc[b] < K) cum += hc[b++];
+      nList = kList(w, V, m, invT, b, sc.lId, sc.lE, sc.lB);
       collect(b);
       selectCount(ik, iv, nItems, K - cum);
       keep(K - cum);
+    } else if (K !== 0) {
+      nList = kList(w, V, m, invT, L, sc.lId, sc.lE, sc.lB); // k >= every token: no cut
     }
     // Top-p on the (top-k renormalised) distribution.
     if (o.topP < 1) {
@@ -1152,7 +1167,6 @@ export class Sampler {
     // Min-p: keep d >= ln(minP). Buckets above the threshold's are whole; look inside its own.
     if (o.minP > 0) {
       const t = this.lnMinP;
-      st.dMin = M_max(st.dMin, t);
       const pos = -t * BUCKETS_PER_NAT;
       if (pos < NUM_BUCKETS && M_floor(pos) <= L) {
         const bM = M_floor(pos);
@@ -1164,11 +1178,11 @@ export class Sampler {
             kept++;
           }
         }
-        // The survivors are a key prefix of the bucket (a value threshold); if none survive, the
-        // d >= dMin test of the draw excludes the whole bucket.
+        // The survivors are a key prefix of the bucket (a value threshold), possibly empty.
         keep(kept);
       }
     }
+    st.listLen = nList;
     let total = 0;
     for (let b = 0; b <= L; b++) total += hm[b];
     st.limit = L;
@@ -1223,10 +1237,9 @@ interface Prepared {
   heapSize: number;
   count: number;
   total: number;
-  /** Histogram path: kept = d >= dMin, bucket <= limit, and in bucket `limit` key <= keyLimit. */
+  /** Histogram path: kept = listed, bucket <= limit, and in bucket `limit` key <= keyLimit. */
   limit: number;
   keyLimit: number;
-  dMin: number;
   /** Histogram path: length of the (id, e, bucket) list; -1 = no truncation, no list. */
   listLen: number;
 }
@@ -1243,7 +1256,6 @@ const PREP: Prepared = {
   total: 0,
   limit: -1,
   keyLimit: 0,
-  dMin: 0,
   listLen: -1,
 };
 

@@ -16,6 +16,8 @@ namespace ty::cpu {
 // How long an idle worker spins before parking. Back-to-back kernels arrive within
 // microseconds during a forward pass; ~50 µs of spinning covers that gap.
 static constexpr int kSpinIters = 20000;
+// Then it yields this many times (letting a descheduled thread run) before it parks.
+static constexpr int kYieldIters = 64;
 
 ThreadPool::ThreadPool(int threads) : n_(threads < 1 ? 1 : threads), scratch_(n_) {
   workers_.reserve(n_ - 1);
@@ -48,6 +50,7 @@ void ThreadPool::worker(int id) {
     int spins = 0;
     while ((g = gen_.load(std::memory_order_acquire)) == seen) {
       if (++spins < kSpinIters) { TY_PAUSE(); continue; }
+      if (spins < kSpinIters + kYieldIters) { std::this_thread::yield(); continue; }
       std::unique_lock<std::mutex> lk(park_mu_);
       parked_.fetch_add(1);
       park_cv_.wait(lk, [&] { return gen_.load(std::memory_order_acquire) != seen; });
@@ -79,7 +82,13 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
   }
   if (parked_.load() > 0) park_cv_.notify_all();
   work(0);
-  while (pending_.load(std::memory_order_acquire) != 0) TY_PAUSE();
+  // Spin briefly, then yield: when the machine is oversubscribed (other processes, or the
+  // JS thread and the stream thread sharing the cores) a worker may be descheduled, and a
+  // pure spin would burn the rest of our time slice waiting for it.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0;) {
+    if (++spins < kSpinIters) TY_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 void* ThreadPool::scratch(int thread, size_t bytes) {
