@@ -4,30 +4,15 @@
  * the argument, and never crash. The raw binding is called directly too, because native
  * code must not trust the TypeScript layer.
  */
-import { KernelError } from '../lib/runtime/errors';
 import { binding, loadRuntime, Runtime } from '../lib/runtime/runtime';
 import * as ops from '../lib/ops/index';
+import { expectKernelError } from './helpers';
 
 let rt: Runtime;
 beforeAll(async () => {
   rt = await loadRuntime({ threads: 2 });
 });
 afterAll(() => rt.dispose());
-
-function expectKernelError(fn: () => unknown, code: string, arg?: string): KernelError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KernelError);
-  const k = err as KernelError;
-  expect(k.code).toBe(code);
-  if (arg !== undefined) expect(k.arg).toBe(arg);
-  expect(k.message.length).toBeGreaterThan(10);
-  return k;
-}
 
 const f32 = (shape: number[]) => rt.empty(shape, 'f32');
 

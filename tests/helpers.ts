@@ -14,6 +14,7 @@
  */
 import { FloatDType } from '../lib/runtime/dtype';
 import { detectedIsa, Isa } from '../lib/runtime/runtime';
+import { KernelError } from '../lib/runtime/errors';
 
 // Module-level aliases: in jest's vm sandbox each `Math.x` lookup is slow.
 const M_imul = Math.imul;
@@ -93,4 +94,20 @@ export function expectClose(
 ): void {
   const m = firstMismatch(got, ref, outDtype, opts);
   if (m) throw new Error(`mismatch at ${m.index}: got ${m.got}, ref ${m.ref}, allowed ±${m.bound}`);
+}
+
+/** Runs fn, which must throw a KernelError with `code` (and `arg`, when given) and a real message. */
+export function expectKernelError(fn: () => unknown, code: string, arg?: string): KernelError {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(KernelError);
+  const k = err as KernelError;
+  expect(k.code).toBe(code);
+  if (arg !== undefined) expect(k.arg).toBe(arg);
+  expect(k.message.length).toBeGreaterThan(10);
+  return k;
 }

@@ -27,8 +27,7 @@ const M_abs = Math.abs;
 const M_max = Math.max;
 const M_min = Math.min;
 
-const MODELS_DIR =
-  process.env.TACHYON_MODELS_DIR ?? path.resolve(__dirname, '../../shared/models');
+const MODELS_DIR = process.env.TACHYON_MODELS_DIR ?? path.resolve(__dirname, '../../shared/models');
 const STORIES = path.join(MODELS_DIR, 'stories260K.gguf');
 const haveStories = fs.existsSync(STORIES);
 if (!haveStories)
@@ -193,8 +192,12 @@ describe('against llama.cpp (golden fixtures)', () => {
 
   test('stories260K: the shared llama.cpp reference outputs (logits, 64 greedy tokens)', async () => {
     if (!haveStories) return;
-    const ref = JSON.parse(fs.readFileSync(path.join(MODELS_DIR, 'stories260K.reference.json'), 'utf8'));
-    const lg = JSON.parse(fs.readFileSync(path.join(MODELS_DIR, 'stories260K.logits.json'), 'utf8'));
+    const ref = JSON.parse(
+      fs.readFileSync(path.join(MODELS_DIR, 'stories260K.reference.json'), 'utf8'),
+    );
+    const lg = JSON.parse(
+      fs.readFileSync(path.join(MODELS_DIR, 'stories260K.logits.json'), 'utf8'),
+    );
     const m = await loadModel(STORIES, { threads: 2 });
     try {
       expect(Array.from(m.tokenize(ref.prompt))).toEqual(ref.prompt_tokens);
@@ -214,7 +217,12 @@ describe('against llama.cpp (golden fixtures)', () => {
 describe('Model API', () => {
   let m: Model;
   beforeAll(async () => {
-    m = await loadModel(files['q8_0-gqa-bpe'], { threads: 2, contextLength: 256, maxSequences: 4, batchSize: 512 });
+    m = await loadModel(files['q8_0-gqa-bpe'], {
+      threads: 2,
+      contextLength: 256,
+      maxSequences: 4,
+      batchSize: 512,
+    });
   });
   afterAll(async () => {
     await m?.dispose();
@@ -269,7 +277,11 @@ describe('Model API', () => {
     const ac = new AbortController();
     let n = 0;
     const run = (async () => {
-      for await (const c of m.generate('Hello', { maxTokens: 200, ignoreEos: true, signal: ac.signal })) {
+      for await (const c of m.generate('Hello', {
+        maxTokens: 200,
+        ignoreEos: true,
+        signal: ac.signal,
+      })) {
         void c;
         if (++n === 3) ac.abort();
       }
@@ -315,7 +327,12 @@ describe('Model API', () => {
     expect(out).toBe(text.slice(0, text.indexOf(stop)));
     const sample = async (seed: number) => {
       const t: number[] = [];
-      for await (const c of m.generate('Hello', { temperature: 1, seed, maxTokens: 12, ignoreEos: true }))
+      for await (const c of m.generate('Hello', {
+        temperature: 1,
+        seed,
+        maxTokens: 12,
+        ignoreEos: true,
+      }))
         t.push(c.token);
       return t;
     };
@@ -324,11 +341,17 @@ describe('Model API', () => {
   });
 
   test('bad input raises typed errors and loses nothing', async () => {
-    await expect(m.logits([1, 2, 99999])).rejects.toMatchObject({ code: 'E_INVALID_ARG', arg: 'tokens[2]' });
+    await expect(m.logits([1, 2, 99999])).rejects.toMatchObject({
+      code: 'E_INVALID_ARG',
+      arg: 'tokens[2]',
+    });
     await expect(m.logits([])).rejects.toMatchObject({ code: 'E_INVALID_ARG' });
     await expect(m.logits([1, -1])).rejects.toMatchObject({ code: 'E_INVALID_ARG' });
     const gen = m.generate('x', { maxTokens: 0 });
-    await expect(gen.next()).rejects.toMatchObject({ code: 'E_INVALID_ARG', arg: 'options.maxTokens' });
+    await expect(gen.next()).rejects.toMatchObject({
+      code: 'E_INVALID_ARG',
+      arg: 'options.maxTokens',
+    });
     const gen2 = m.generate('x', { topP: 2 });
     await expect(gen2.next()).rejects.toMatchObject({ code: 'E_INVALID_ARG' });
     // too long for the context
@@ -340,7 +363,11 @@ describe('Model API', () => {
   });
 
   test('KV exhaustion is E_KV_EXHAUSTED for the request that does not fit; others go on', async () => {
-    const small = await loadModel(files['q8_0-gqa-bpe'], { threads: 2, contextLength: 64, maxSequences: 1 });
+    const small = await loadModel(files['q8_0-gqa-bpe'], {
+      threads: 2,
+      contextLength: 64,
+      maxSequences: 1,
+    });
     try {
       // the pool holds 5 blocks of 16: request 1 takes 2 (plus a third as it grows)
       const ids = new Int32Array(24).fill(9);
@@ -380,7 +407,9 @@ describe('loading errors', () => {
     fs.writeFileSync(tmp, bytes.subarray(0, 200));
     await expect(loadModel(tmp)).rejects.toBeInstanceOf(KernelError);
     fs.rmSync(tmp);
-    await expect(loadModel(files['f32-mha-spm'], { weights: 'int3' as never })).rejects.toMatchObject({
+    await expect(
+      loadModel(files['f32-mha-spm'], { weights: 'int3' as never }),
+    ).rejects.toMatchObject({
       code: 'E_INVALID_ARG',
       arg: 'options.weights',
     });
@@ -406,13 +435,17 @@ describe('quantize command', () => {
       try {
         const ids = m.tokenize(PROMPT);
         const want = (await ReferenceLlama.open(out)).forward(ids);
-        expect(relDiff(await m.logits(ids, { all: true }), want, m.info.config.vocab)).toBeLessThan(tol);
+        expect(relDiff(await m.logits(ids, { all: true }), want, m.info.config.vocab)).toBeLessThan(
+          tol,
+        );
       } finally {
         await m.dispose();
         fs.rmSync(out);
       }
     }
-    await expect(quantizeFile(files['f32-mha-spm'], '/tmp/x.gguf', { to: 'fp8' as never })).rejects.toMatchObject({
+    await expect(
+      quantizeFile(files['f32-mha-spm'], '/tmp/x.gguf', { to: 'fp8' as never }),
+    ).rejects.toMatchObject({
       code: 'E_UNSUPPORTED',
     });
   });

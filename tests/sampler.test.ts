@@ -6,7 +6,6 @@
  * the histogram path); sample() draws must pass a chi-square test against the reference, and
  * that same test must reject a deliberately wrong distribution.
  */
-import { KernelError } from '../lib/runtime/errors';
 import {
   createRng,
   SampledToken,
@@ -14,7 +13,7 @@ import {
   SamplingOptions,
   StopMatcher,
 } from '../lib/model/sampler';
-import { rng } from './helpers';
+import { rng, expectKernelError } from './helpers';
 
 const M_exp = Math.exp;
 const M_log = Math.log;
@@ -110,20 +109,6 @@ function reference(
 
 // ------------------------------------------------------------------------------------------
 // Helpers
-
-function expectKernelError(fn: () => unknown, code: string, arg?: string): KernelError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KernelError);
-  const k = err as KernelError;
-  expect(k.code).toBe(code);
-  if (arg !== undefined) expect(k.arg).toBe(arg);
-  return k;
-}
 
 /** Logits with an LLM-like shape: a gaussian bulk and a few strong candidates. */
 function makeLogits(V: number, seed: number, scale = 3, peaks = 8): Float32Array {
@@ -313,6 +298,28 @@ describe('Sampler: distribution after every stage matches the float64 full-sort 
     for (const k of [1000, 2000]) {
       const fk = distMap(new Sampler(5000, { temperature: 1, topK: k }), flat);
       expect([...fk.keys()]).toEqual(Array.from({ length: k }, (_, i) => i));
+    }
+  });
+
+  test('min-p whose threshold bucket holds only tokens below it (top-k histogram path)', () => {
+    // ln(minP) = -2.99 falls in the 1/16-nat bucket (-3, -2.9375]; 1000 tokens sit in that
+    // bucket just below the threshold and must all be dropped, though they hold most of the mass.
+    const V = 3000;
+    const logits = new Float32Array(V).fill(-5);
+    logits[0] = 0;
+    for (let i = 1; i <= 100; i++) logits[i * 7] = -1;
+    for (let i = 0; i < 1000; i++) logits[1000 + i] = -2.995;
+    for (const o of [
+      { temperature: 1, topK: 2500, minP: Math.exp(-2.99) },
+      { temperature: 1, topK: 2500, topP: 0.999, minP: Math.exp(-2.99) },
+      { temperature: 1, minP: Math.exp(-2.99) },
+    ]) {
+      const want = reference(logits, o).dist;
+      expect(want.size).toBe(101);
+      const s = new Sampler(V, { ...o, seed: 3 });
+      expectSameDist(distMap(s, logits), want, show(o));
+      const c = draws(s, logits, 3000);
+      expect([...c.keys()].every((t) => want.has(t))).toBe(true);
     }
   });
 

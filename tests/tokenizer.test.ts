@@ -23,7 +23,7 @@ import {
   tokenizerFromGguf,
   tokenizerFromMetadata,
 } from '../lib/model/tokenizer';
-import { KernelError } from '../lib/runtime/errors';
+import { expectKernelError } from './helpers';
 
 const MODELS_DIR = process.env.TACHYON_MODELS_DIR ?? path.resolve(__dirname, '../../shared/models');
 const STORIES = path.join(MODELS_DIR, 'stories260K.gguf');
@@ -55,20 +55,6 @@ function rng(seed: number): () => number {
 
 const toMeta = (entries: GgufMetaEntry[]) =>
   new Map<string, GgufValue>(entries.map((e) => [e.key, e.value]));
-
-function expectKernelError(fn: () => unknown, code: string, arg?: string): KernelError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KernelError);
-  const ke = err as KernelError;
-  expect(ke.code).toBe(code);
-  if (arg !== undefined) expect(ke.arg).toBe(arg);
-  return ke;
-}
 
 // ---- independent references ------------------------------------------------------------------
 

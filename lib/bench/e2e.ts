@@ -71,7 +71,10 @@ export async function defaultBenchModel(quick = false, log?: (s: string) => void
 }
 
 /** Per-token costs of a model: matmul MACs, weight bytes read per decoded token. */
-async function modelCosts(file: string, m: Model): Promise<{ macsPerToken: number; weightBytes: number; intWeights: boolean }> {
+async function modelCosts(
+  file: string,
+  m: Model,
+): Promise<{ macsPerToken: number; weightBytes: number; intWeights: boolean }> {
   const g = await readGguf(file);
   let macs = 0;
   let bytes = 0;
@@ -149,7 +152,14 @@ export async function runE2e(
     results.push({
       suite: 'e2e',
       case: `prompt ${P} tachyon`,
-      params: { engine: 'tachyon', phase: 'prompt', tokens: P, model: path.basename(file), threads: rt.threads, isa: rt.isa },
+      params: {
+        engine: 'tachyon',
+        phase: 'prompt',
+        tokens: P,
+        model: path.basename(file),
+        threads: rt.threads,
+        isa: rt.isa,
+      },
       medianMs: ppMs,
       minMs: Math.min(...pp),
       repeats,
@@ -178,12 +188,19 @@ export async function runE2e(
       tg.push((performance.now() - t0) / (n - 1));
     }
     const msPerTok = median(tg);
-    const kvBytesPerTok = (c.layers * 2 * c.kvHeads * m.llama.paddedHeadDim * 2 * (N / 2)) ; // f16, mean context N/2
+    const kvBytesPerTok = c.layers * 2 * c.kvHeads * m.llama.paddedHeadDim * 2 * (N / 2); // f16, mean context N/2
     const bytesPerS = (costs.weightBytes + kvBytesPerTok) / (msPerTok / 1e3);
     results.push({
       suite: 'e2e',
       case: `decode ${N} tachyon`,
-      params: { engine: 'tachyon', phase: 'decode', tokens: N, model: path.basename(file), threads: rt.threads, isa: rt.isa },
+      params: {
+        engine: 'tachyon',
+        phase: 'decode',
+        tokens: N,
+        model: path.basename(file),
+        threads: rt.threads,
+        isa: rt.isa,
+      },
       medianMs: msPerTok * N,
       minMs: Math.min(...tg) * N,
       repeats,
@@ -194,7 +211,9 @@ export async function runE2e(
     // ---- llama.cpp on the same file ----
     if (opts.noLlama) return results;
     if (!isLlamaCppInstalled()) {
-      log('llama.cpp (node-llama-cpp) is not installed: run scripts/llama-cpp/install.sh to compare');
+      log(
+        'llama.cpp (node-llama-cpp) is not installed: run scripts/llama-cpp/install.sh to compare',
+      );
       return results;
     }
     log('llama.cpp: measuring at 1 and 2 threads ...');
@@ -233,7 +252,11 @@ export async function runE2e(
       if (phase === 'prompt') {
         const macPerS = (P * costs.macsPerToken + attnMacs) / (ms / 1e3);
         res.macPerS = macPerS;
-        res.roofline = { kind: 'compute', ratio: macPerS / peak, peak: costs.intWeights ? 'int8' : 'f32' };
+        res.roofline = {
+          kind: 'compute',
+          ratio: macPerS / peak,
+          peak: costs.intWeights ? 'int8' : 'f32',
+        };
       } else {
         const bps = (costs.weightBytes + kvBytesPerTok) / (ms / N / 1e3);
         res.gbPerS = bps / 1e9;

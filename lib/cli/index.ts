@@ -213,7 +213,10 @@ export function main(argv: string[]): void {
     )
     .argument('<in>', 'input GGUF')
     .argument('<out>', 'output GGUF')
-    .requiredOption('--to <format>', 'int4 or int8 (fp8 has no GGUF type: use --weights fp8 at load)')
+    .requiredOption(
+      '--to <format>',
+      'int4 or int8 (fp8 has no GGUF type: use --weights fp8 at load)',
+    )
     .action(async (input: string, output: string, o: { to: string }) => {
       const t0 = performance.now();
       const r = await quantizeFile(input, output, {
@@ -242,7 +245,11 @@ function progress(
   return (p) => {
     if (!bar) {
       bar = new SingleBar(
-        { format: `${label} [{bar}] {value}/{total}`, stream: process.stderr, clearOnComplete: true },
+        {
+          format: `${label} [{bar}] {value}/{total}`,
+          stream: process.stderr,
+          clearOnComplete: true,
+        },
         Presets.shades_classic,
       );
       bar.start(p.total, 0);

@@ -30,7 +30,12 @@ export { writeGguf } from './gguf-writer';
 export type { GgufMetaEntry, GgufTensorSpec, GgufWriteSpec } from './gguf-writer';
 export { encodeGgml, ggmlRowBytes } from './ggml-quants';
 export { formatGgufInfo } from './inspect';
-export { tokenizerFromGguf, tokenizerFromMetadata, syntheticSpmVocab, syntheticBpeVocab } from './tokenizer';
+export {
+  tokenizerFromGguf,
+  tokenizerFromMetadata,
+  syntheticSpmVocab,
+  syntheticBpeVocab,
+} from './tokenizer';
 export type { Tokenizer, DetokenizeStream } from './tokenizer';
 export { Sampler, StopMatcher, createRng } from './sampler';
 export type { SamplingOptions, SampledToken } from './sampler';

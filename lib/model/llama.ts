@@ -131,7 +131,12 @@ export class LlamaModel {
   private workspaces: Workspace[] = [];
   private disposed = false;
 
-  constructor(loader: WeightLoader, config: LlamaConfig, options: LlamaOptions, onLayer?: (i: number) => void) {
+  constructor(
+    loader: WeightLoader,
+    config: LlamaConfig,
+    options: LlamaOptions,
+    onLayer?: (i: number) => void,
+  ) {
     this.loader = loader;
     this.config = config;
     this.rt = loader.rt;
@@ -150,9 +155,14 @@ export class LlamaModel {
         onLayer?.(i);
       }
       this.outNorm = loader.vector('output_norm.weight', c.dim);
-      this.output = loader.matrix(c.tiedOutput ? 'token_embd.weight' : 'output.weight', c.vocab, c.dim, {
-        requant: true,
-      });
+      this.output = loader.matrix(
+        c.tiedOutput ? 'token_embd.weight' : 'output.weight',
+        c.vocab,
+        c.dim,
+        {
+          requant: true,
+        },
+      );
       const blocks = Math.ceil(options.kvTokens / this.blockSize);
       this.cache = createKvCache(this.rt, {
         layers: c.layers,
@@ -429,7 +439,11 @@ export class LlamaModel {
     temps.push(rows, offsets);
     if (f.gateUp) {
       const R = T * k;
-      const ident = rt.tensor(Int32Array.from({ length: R }, (_, i) => i), [R], { dtype: 'i32' });
+      const ident = rt.tensor(
+        Int32Array.from({ length: R }, (_, i) => i),
+        [R],
+        { dtype: 'i32' },
+      );
       temps.push(ident);
       const h = qmatmulGrouped(ws.xn, f.gateUp, rows, offsets, { ...s, outDtype: 'f32' });
       temps.push(h);

@@ -14,7 +14,7 @@ import { BlockManager, buildPageTable, SeqId } from '../kv/index';
 import { llamaConfig, LlamaConfig } from './config';
 import { GgufFile, readGguf } from './gguf';
 import { LlamaModel } from './llama';
-import { Sampler, SamplingOptions, StopMatcher } from './sampler';
+import { Sampler, SAMPLING_OPTION_KEYS, SamplingOptions, StopMatcher } from './sampler';
 import { Tokenizer, tokenizerFromGguf } from './tokenizer';
 import { WeightLoader, WeightMode } from './weights';
 
@@ -202,7 +202,9 @@ export class Model {
     let logits: Float32Array = new Float32Array(V);
     let seq: SeqId | undefined;
     try {
-      seq = await this.prefill(ids, signal, false, (rows) => logits.set(rows.subarray(rows.length - V)));
+      seq = await this.prefill(ids, signal, false, (rows) =>
+        logits.set(rows.subarray(rows.length - V)),
+      );
       for (let n = 0; ; n++) {
         const s = sampler.sample(logits);
         sampler.accept(s.token);
@@ -298,7 +300,9 @@ export class Model {
     if (!signal) return p;
     return new Promise<T>((resolve, reject) => {
       const onAbort = () =>
-        reject(new KernelError('The request was aborted', { code: 'E_ABORTED', op, arg: 'signal' }));
+        reject(
+          new KernelError('The request was aborted', { code: 'E_ABORTED', op, arg: 'signal' }),
+        );
       if (signal.aborted) onAbort();
       signal.addEventListener('abort', onAbort, { once: true });
       p.then(
@@ -342,36 +346,44 @@ export class Model {
     try {
       let done = 0;
       while (done < ids.length) {
-        const step = await this.abortable(signal, 'prefill', this.locked(async () => {
-          this.check('prefill');
-          this.throwIfAborted(signal, 'prefill');
-          let first = done;
-          let n: number;
-          if (seq === undefined) {
-            // With `all` every position's logits are wanted: no cached prefix.
-            const cache = all ? false : undefined;
-            const adm = this.blocks.checkAdmission(ids, { cache });
-            n = Math.min(this.batchSize, ids.length - adm.cachedTokens);
-            const a = this.blocks.createSequence(ids, { cache, numNewTokens: n });
-            seq = a.seq;
-            this.active.add(seq);
-            first = a.cachedTokens;
-          } else {
-            n = Math.min(this.batchSize, ids.length - done);
-            this.blocks.append(seq, ids.subarray(first, first + n));
-          }
-          const table = buildPageTable(this.blocks, [{ seq, numNewTokens: n }]);
-          const last = first + n === ids.length;
-          // Intermediate chunks of a last-logits request need no logits (one row is computed).
-          const logitRows = all ? undefined : Int32Array.of(n - 1);
-          const t = await this.llama.forward({ tokens: ids.subarray(first, first + n), table, logitRows });
-          try {
-            const data = all || last ? ((await t.read()) as Float32Array) : undefined;
-            return { first, n, data };
-          } finally {
-            t.dispose();
-          }
-        }));
+        const step = await this.abortable(
+          signal,
+          'prefill',
+          this.locked(async () => {
+            this.check('prefill');
+            this.throwIfAborted(signal, 'prefill');
+            let first = done;
+            let n: number;
+            if (seq === undefined) {
+              // With `all` every position's logits are wanted: no cached prefix.
+              const cache = all ? false : undefined;
+              const adm = this.blocks.checkAdmission(ids, { cache });
+              n = Math.min(this.batchSize, ids.length - adm.cachedTokens);
+              const a = this.blocks.createSequence(ids, { cache, numNewTokens: n });
+              seq = a.seq;
+              this.active.add(seq);
+              first = a.cachedTokens;
+            } else {
+              n = Math.min(this.batchSize, ids.length - done);
+              this.blocks.append(seq, ids.subarray(first, first + n));
+            }
+            const table = buildPageTable(this.blocks, [{ seq, numNewTokens: n }]);
+            const last = first + n === ids.length;
+            // Intermediate chunks of a last-logits request need no logits (one row is computed).
+            const logitRows = all ? undefined : Int32Array.of(n - 1);
+            const t = await this.llama.forward({
+              tokens: ids.subarray(first, first + n),
+              table,
+              logitRows,
+            });
+            try {
+              const data = all || last ? ((await t.read()) as Float32Array) : undefined;
+              return { first, n, data };
+            } finally {
+              t.dispose();
+            }
+          }),
+        );
         done = step.first + step.n;
         if (step.data) sink(step.data, step.first);
       }
@@ -388,19 +400,23 @@ export class Model {
     signal: AbortSignal | undefined,
     out: Float32Array,
   ): Promise<Float32Array> {
-    return this.abortable(signal, 'generate', this.locked(async () => {
-      this.check('generate');
-      this.throwIfAborted(signal, 'generate');
-      this.blocks.append(seq, [token]);
-      const table = buildPageTable(this.blocks, [seq]);
-      const t = await this.llama.forward({ tokens: Int32Array.of(token), table });
-      try {
-        out.set((await t.read()) as Float32Array);
-      } finally {
-        t.dispose();
-      }
-      return out;
-    }));
+    return this.abortable(
+      signal,
+      'generate',
+      this.locked(async () => {
+        this.check('generate');
+        this.throwIfAborted(signal, 'generate');
+        this.blocks.append(seq, [token]);
+        const table = buildPageTable(this.blocks, [seq]);
+        const t = await this.llama.forward({ tokens: Int32Array.of(token), table });
+        try {
+          out.set((await t.read()) as Float32Array);
+        } finally {
+          t.dispose();
+        }
+        return out;
+      }),
+    );
   }
 
   private release(seq: SeqId): void {
@@ -501,22 +517,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   }
 }
 
-const SAMPLING_KEYS = [
-  'temperature',
-  'topK',
-  'topP',
-  'minP',
-  'repetitionPenalty',
-  'frequencyPenalty',
-  'presencePenalty',
-  'penaltyLastN',
-  'seed',
-  'logitBias',
-  'logprobs',
-] as const;
-
 function samplingOptions(o: GenerateOptions): SamplingOptions {
   const r: Record<string, unknown> = {};
-  for (const k of SAMPLING_KEYS) if (o[k] !== undefined) r[k] = o[k];
+  for (const k of SAMPLING_OPTION_KEYS) if (o[k] !== undefined) r[k] = o[k];
   return r as SamplingOptions;
 }

@@ -53,8 +53,7 @@ export async function quantizeFile(
       { code: 'E_UNSUPPORTED', op, arg: 'to' },
     );
   if (!(options?.to in TARGET_TYPE)) throw invalidArg(op, 'to', "'int4' or 'int8'", options?.to);
-  if (input === output)
-    throw invalidArg(op, 'output', 'a path other than the input', output);
+  if (input === output) throw invalidArg(op, 'output', 'a path other than the input', output);
   const f: GgufFile = await readGguf(input);
   const map = mapFile(input);
   const target = TARGET_TYPE[options.to];

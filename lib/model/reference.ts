@@ -126,7 +126,10 @@ export class ReferenceLlama {
               e,
             );
             const w = pr[e] / z / wsum;
-            out = addv(out, y.map((u) => u * w));
+            out = addv(
+              out,
+              y.map((u) => u * w),
+            );
           }
           return addv(r, out);
         });

@@ -5,12 +5,13 @@
  *
  * The pipeline and every choice in it are specified in docs/sampling.md; this file follows it
  * exactly. Performance: sample() runs once per generated token per request in JS, so it never
- * sorts the vocabulary. One pass finds the max (with a bounded heap for small top-k and for the
- * reported alternatives), one computes the softmax denominator with a table-driven exp; the
- * truncation stages otherwise work on a 16-per-nat histogram of the scaled distribution and only
- * order the tokens of one boundary bucket, by quickselect. Vocabulary-sized scratch buffers are module-level and shared by all samplers
- * (JS runs one sample() at a time per isolate), so a sampler per request costs O(window) memory.
- */
+ * sorts the vocabulary. One pass finds the max (with a bounded heap for top-k <= 1024 and for
+ * the reported alternatives), one computes the softmax denominator with a table-driven exp.
+ * Otherwise the truncation stages work on a 16-per-nat histogram of the scaled distribution,
+ * built in that same pass for the few tokens that can survive, and order only the tokens of
+ * one boundary bucket, by quickselect. Vocabulary-sized scratch buffers are module-level and
+ * shared by all samplers (JS runs one sample() at a time per isolate), so a sampler per
+ * request costs O(penalty window) memory. */
 import { KernelError, invalidArg } from '../runtime/errors';
 
 // Module-level aliases: in jest's vm sandbox each `Math.x` lookup is slow.
@@ -132,7 +133,7 @@ function randomSeed(): number {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fast e^d for d in [-EXP_CUT, 0]. Math.exp costs ~20 ns in V8; this is ~4x faster, relative
+// Fast e^d for d in [-EXP_CUT, 0]. Math.exp costs ~20 ns in V8; this is ~3x faster, relative
 // error < 2e-12: d = -k·ln2/32 + r with |r| <= ln2/64, e^d = 2^(-k/32) (table) · poly4(r).
 
 /** Scaled log-ratios to the top token below -EXP_CUT count as probability 0 (e^-87 ≈ 1.6e-38). */
@@ -350,12 +351,13 @@ function heapReplaceRoot(h: Int32Array, size: number, w: Float32Array, id: numbe
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loop kernels. Each is one call-free loop over the vocabulary (the exp is inlined by hand) that
-// returns a number, with secondary results in OUT. They are warmed up on a tiny input when the
-// module loads: V8 compiles a long first loop on-stack (OSR) before the code after the loop has
-// ever run, and the resulting "insufficient feedback" deopt otherwise repeats on every call.
+// Loop kernels. Each is one loop over the vocabulary (or the short list), call-free except for
+// heap inserts, with the exp inlined by hand; it returns a number, with secondary results in
+// OUT. They are warmed up on a tiny input when the module loads: V8 compiles a long first loop
+// on-stack (OSR) before the code after the loop has ever run, and the resulting "insufficient
+// feedback" deopt otherwise repeats on every call.
 
-/** Secondary kernel results: [max, argmax, NaN index or -1, heap size, positive count]. */
+/** Secondary kernel results: [unused, argmax, first NaN index or -1, heap size, list count]. */
 const OUT = new Float64Array(5);
 
 /** Max and argmax (ties: lowest id; NaN is skipped here and caught by the sum pass). */
@@ -638,7 +640,8 @@ export interface ResolvedSamplingOptions {
   logprobs: number | undefined;
 }
 
-const KNOWN = new Set([
+/** Every key of SamplingOptions (callers pick these out of wider option objects). */
+export const SAMPLING_OPTION_KEYS = [
   'temperature',
   'topK',
   'topP',
@@ -650,7 +653,9 @@ const KNOWN = new Set([
   'seed',
   'logitBias',
   'logprobs',
-]);
+] as const satisfies readonly (keyof SamplingOptions)[];
+
+const KNOWN = new Set<string>(SAMPLING_OPTION_KEYS);
 
 function num(
   o: Record<string, unknown>,

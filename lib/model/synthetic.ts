@@ -12,7 +12,8 @@ import { GgufValueType as V } from './gguf';
 import { GgufMetaEntry, GgufTensorSpec, writeGguf } from './gguf-writer';
 import { syntheticBpeVocab, syntheticSpmVocab } from './tokenizer';
 
-export type SyntheticWeightType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_1' | 'Q4_K' | 'Q6_K';
+export type SyntheticWeightType =
+  'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_1' | 'Q4_K' | 'Q6_K';
 
 export interface SyntheticModelSpec {
   name?: string;
@@ -97,9 +98,11 @@ export function validateSpec(s: SyntheticModelSpec): void {
   };
   (['dim', 'layers', 'heads', 'ffn', 'vocab'] as const).forEach(pos);
   const kv = s.kvHeads ?? s.heads;
-  if (s.heads % kv !== 0) throw invalidArg(op, 'spec.kvHeads', `a divisor of heads (${s.heads})`, kv);
+  if (s.heads % kv !== 0)
+    throw invalidArg(op, 'spec.kvHeads', `a divisor of heads (${s.heads})`, kv);
   if (s.dim % s.heads !== 0) throw invalidArg(op, 'spec.dim', `a multiple of heads`, s.dim);
-  if (!(s.type in TYPE_IDS)) throw invalidArg(op, 'spec.type', Object.keys(TYPE_IDS).join(', '), s.type);
+  if (!(s.type in TYPE_IDS))
+    throw invalidArg(op, 'spec.type', Object.keys(TYPE_IDS).join(', '), s.type);
   if ((s.experts ?? 0) > 0 && !((s.expertsUsed ?? 0) >= 1 && s.expertsUsed! <= s.experts!))
     throw invalidArg(op, 'spec.expertsUsed', `an integer in [1, ${s.experts}]`, s.expertsUsed);
 }
@@ -136,7 +139,8 @@ export function syntheticModel(spec: SyntheticModelSpec): {
     f32('llama.rope.freq_base', s.ropeBase ?? 10000),
     u32('llama.vocab_size', s.vocab),
   ];
-  if (E > 0) metadata.push(u32('llama.expert_count', E), u32('llama.expert_used_count', s.expertsUsed!));
+  if (E > 0)
+    metadata.push(u32('llama.expert_count', E), u32('llama.expert_used_count', s.expertsUsed!));
   metadata.push(...vocabEntries);
 
   const tensors: GgufTensorSpec[] = [];

@@ -56,7 +56,8 @@ export function softmaxTopK(options: { normalize?: boolean } = {}): RoutingPolic
         let kept = 0;
         for (let j = 0; j < k; j++) {
           let best = -1;
-          for (let e = 0; e < numExperts; e++) if (p[e] >= 0 && (best < 0 || p[e] > p[best])) best = e;
+          for (let e = 0; e < numExperts; e++)
+            if (p[e] >= 0 && (best < 0 || p[e] > p[best])) best = e;
           experts[t * k + j] = best;
           weights[t * k + j] = p[best];
           kept += p[best];
