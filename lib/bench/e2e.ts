@@ -17,7 +17,7 @@ import { readGguf } from '../model/gguf';
 import { loadModel, Model } from '../model/model';
 import { SyntheticModelSpec, writeSyntheticModel } from '../model/synthetic';
 import { BenchResult, Machine, median } from './common';
-import { benchLlamaCpp, isLlamaCppInstalled } from './llama-cpp';
+import { benchLlamaCpp, isLlamaBenchBuilt, isLlamaCppInstalled, runLlamaBench } from './llama-cpp';
 
 /** The issue's default: a Llama-shaped ~1.1B model in Q4_0 (TinyLlama's shape). */
 export const E2E_DEFAULT_SPEC: SyntheticModelSpec = {
@@ -52,6 +52,8 @@ export interface E2eOptions {
   decodeTokens?: number;
   /** Skip llama.cpp even when installed. */
   noLlama?: boolean;
+  /** Also run llama.cpp's own llama-bench, built natively (scripts/llama-cpp/build-native.sh). */
+  nativeLlama?: boolean;
   log?: (s: string) => void;
 }
 
@@ -264,9 +266,55 @@ export async function runE2e(
       }
       results.push(res);
     }
+    if (opts.nativeLlama) {
+      if (!isLlamaBenchBuilt())
+        log('--native-llama: llama-bench is not built: run bash scripts/llama-cpp/build-native.sh');
+      else {
+        log('llama-bench (native build): measuring at 1 and 2 threads ...');
+        const nb = await runLlamaBench(file, { threads: [1, 2], p: P, n: N, r: repeats });
+        for (const phase of ['prompt', 'decode'] as const) {
+          const key = phase === 'prompt' ? 'promptTokensPerS' : 'decodeTokensPerS';
+          const best = nb.reduce((a, b) => (b[key] > a[key] ? b : a));
+          const tps = best[key];
+          const n = phase === 'prompt' ? P : N;
+          const res: BenchResult = {
+            suite: 'e2e',
+            case: `${phase} ${n} llama-bench (native)`,
+            params: {
+              engine: 'llama.cpp',
+              build: 'native',
+              phase,
+              tokens: n,
+              model: path.basename(file),
+              threads: best.threads,
+              commit: best.buildCommit,
+              tokensPerSByThreads: Object.fromEntries(nb.map((r) => [`t${r.threads}`, r[key]])),
+            },
+            medianMs: (1e3 / tps) * n,
+            minMs: (1e3 / tps) * n,
+            repeats,
+            tokensPerS: tps,
+          };
+          if (phase === 'prompt') {
+            res.macPerS = (P * costs.macsPerToken + attnMacs) * (tps / P);
+            res.roofline = {
+              kind: 'compute',
+              ratio: res.macPerS / peak,
+              peak: costs.intWeights ? 'int8' : 'f32',
+            };
+          } else {
+            res.gbPerS = ((costs.weightBytes + kvBytesPerTok) * tps) / 1e9;
+            res.roofline = { kind: 'bandwidth', ratio: res.gbPerS / machine.bandwidthGBs };
+          }
+          results.push(res);
+        }
+      }
+    }
     for (const phase of ['prompt', 'decode'] as const) {
       const t = results.find((r) => r.params.engine === 'tachyon' && r.params.phase === phase);
-      const l = results.find((r) => r.params.engine === 'llama.cpp' && r.params.phase === phase);
+      const l = results.find(
+        (r) => r.params.engine === 'llama.cpp' && r.params.phase === phase && !r.params.build,
+      );
       if (t && l) t.vsLlamaCpp = (t.tokensPerS as number) / (l.tokensPerS as number);
     }
     return results;

@@ -68,6 +68,7 @@ export function main(argv: string[]): void {
     .option('--shapes <list>', 'gemm: comma-separated NxK shapes')
     .option('--model <file>', 'e2e: a GGUF model (default: a generated ~1B Q4_0 Llama)')
     .option('--no-llama', 'e2e: do not measure llama.cpp')
+    .option('--native-llama', "e2e: also run llama.cpp's own llama-bench (native build)")
     .action(
       async (
         suite: string,
@@ -82,6 +83,7 @@ export function main(argv: string[]): void {
           shapes?: string;
           model?: string;
           llama?: boolean;
+          nativeLlama?: boolean;
         },
       ) => {
         if (!(SUITES as readonly string[]).includes(suite)) {
@@ -120,6 +122,7 @@ export function main(argv: string[]): void {
                     quick: o.quick,
                     model: o.model,
                     noLlama: o.llama === false,
+                    nativeLlama: o.nativeLlama,
                   })
                 : await runMain(rt, machine, { repeats, quick: o.quick });
         const report = makeReport(machine, results);
