@@ -11,7 +11,7 @@
 //    2^-22 leaves a factor 4 of margin. Output rounding: f16 adds 2^-11 |ref| + 2^-24,
 //    bf16 adds 2^-8 |ref| + 2^-126 (one rounding of the output dtype).
 //  * kernel vs the exact product with the dequantized weights (A not quantized):
-//      allowed = the above + act_err, act_err = sum_blocks (sa/2) * sum|w| (the a priori
+//      allowed = the above + act_err, act_err = sum_blocks (sa/2 + 127·|sa − f16(sa)| when the scales are f16) * sum|w| (the a priori
 //      bound of rounding each activation to the nearest multiple of sa) + 2^-22 sum|a w|.
 #include <atomic>
 #include <condition_variable>

@@ -121,7 +121,7 @@ void qgemm_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
     }
   }
 
-  std::vector<double> a(K), qa(K), sa(nb), sum(nb);
+  std::vector<double> a(K), qa(K), sa(nb), sa_err(nb), sum(nb);
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t k = 0; k < K; ++k) a[k] = load(g.A, g.a_dtype, m * g.lda + k);
     // Activation quantization, as specified in tachyon/quant.h.
@@ -131,6 +131,8 @@ void qgemm_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
       const float inv = amax > 0 ? 127.0f / amax : 0.0f;
       // f16 weight scales: the activation scale is rounded to f16 too (tachyon/quant.h)
       sa[b] = w.fmt.scale_dtype == DType::f16 ? (double)f16_to_f32(f32_to_f16(amax / 127.0f)) : (double)(amax / 127.0f);
+      // |a - qa*sa| <= sa32/2 + 127*|sa32 - sa| (the second term: the f16 rounding of sa)
+      sa_err[b] = 0.5 * (double)(amax / 127.0f) + 127.0 * std::fabs((double)(amax / 127.0f) - sa[b]);
       sum[b] = 0;
       for (int64_t k = b * G; k < (b + 1) * G; ++k) {
         qa[k] = std::nearbyint((float)a[k] * inv);
@@ -151,7 +153,7 @@ void qgemm_ref(const QPlain& w, const QGemmArgs& g, QGemmRef& out) {
         const double t1 = sa[b] * sc[n * nb + b] * dot, t2 = sa[b] * sum[b] * mn[n * nb + b];
         sp += t1 + t2;
         mag += std::fabs(t1) + std::fabs(t2);
-        ae += 0.5 * sa[b] * sabsw * (1 + 1e-6);
+        ae += sa_err[b] * sabsw * (1 + 1e-6);
       }
       double extra = 0, extra_mag = 0;
       if (g.bias) { extra += g.bias[n]; extra_mag += std::fabs(g.bias[n]); }
