@@ -16,9 +16,13 @@
 //     tokens per inner loop, reduced with hadd), soft-cap, mask, online softmax (running max m,
 //     running sum l, O rescaled by exp(m_old - m_new) only when the max grows), O += P V with
 //     4 rows x 2 headDim vectors in registers.  The full score matrix is never formed.
-//   * Decode throughput on the AVX2 dev VM (Zen 1, 2 threads, D 128, f16 KV): GQA 4 about
-//     6 GB/s of KV, compute-bound (2 G D FMAs per token and KV head, Zen 1 splits every
-//     256-bit op; 7.9 GB/s when cache-resident); MHA about 9 GB/s (13 GB/s cache-resident).
+//   * Decode (one query position, G <= 16) has its own path on AVX2 (decode_item): K and V
+//     are converted inside the dot loops (no f32 tiles), the G rows of the KV head share each
+//     converted K / V vector, prefetches are spread over the score loop. Throughput on the
+//     AVX2 dev VM (Zen 1, 2 threads, GQA 4, D 128, bench/run.ts attention): f16 6.4-7.4 GB/s
+//     of KV (tile path: 5.5-6.4), fp8e4m3 3.8-4.0 GB/s (tile path: 2.3-2.5); compute-bound (2 G D
+//     FMAs per token and KV head; Zen 1 splits every 256-bit op). The AVX-512 and scalar
+//     variants use the tile path for decode too.
 //   * o = O / l, lse = m + log(l); split items write f32 partials that a merge step combines.
 // exp: act_vec.h's vexp; on AVX2/AVX-512 a Cephes-style polynomial (
 // max relative error 8.5e-8 = 1.01 ulp over [-87.3, 88.7], underflows to 0 below -103);
@@ -174,12 +178,12 @@ inline void cvt_kv(const void* src, float* dst, int64_t n, float scale) {
       } else if constexpr (T == DType::fp8e5m2) {
         const __m128i b = _mm_loadl_epi64((const __m128i*)(static_cast<const uint8_t*>(src) + i));
         x = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), b)), vs);
-      } else {  // fp8e4m3: bits (em << 20) as f32 times 2^120 is |value| (normal and subnormal)
-        const __m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(static_cast<const uint8_t*>(src) + i)));
-        const __m256i mag = _mm256_slli_epi32(_mm256_and_si256(w, _mm256_set1_epi32(0x7f)), 20);
-        const __m256i sgn = _mm256_slli_epi32(_mm256_and_si256(w, _mm256_set1_epi32(0x80)), 24);
-        const __m256 a = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p120f));
-        x = _mm256_mul_ps(_mm256_or_ps(a, _mm256_castsi256_ps(sgn)), vs);
+      } else {  // fp8e4m3: s.eeee.mmm -> f16 s.0eeee.mmm0000000 is 2^-8 times the value (normal
+        // and subnormal; F16C takes f16 subnormals without the f32-denormal assist that an f32
+        // bit-shift decode hits); the 2^8 goes into the scale, exactly
+        const __m128i u = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i*)(static_cast<const uint8_t*>(src) + i)));
+        const __m256 h = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(u, 1), _mm_set1_epi16((short)0xbf80)));
+        x = _mm256_mul_ps(h, _mm256_mul_ps(vs, _mm256_set1_ps(256.0f)));
       }
       _mm256_storeu_ps(dst + i, x);
     }
@@ -289,6 +293,240 @@ inline void qk_row2(const float* Q, const float* K, float* S, int n4, int D, int
   }
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// ---- decode path (AVX2): one query position, the G query heads of one KV head -------------
+// K and V are decoded straight from the cache inside the dot loops (no f32 tile round trip):
+// every K and V element is loaded and converted exactly once. Tokens go in chunks of DCH; a
+// chunk may span pages (per-token row pointers). Scores of the chunk: rows in blocks of up to
+// 4 x 2..4 tokens of accumulators; then online softmax per row; then O += P V with rows x
+// headDim vectors in registers (O stays in L1).
+constexpr int DCH = 32;
+// 8 raw values of a KV row from element c: the code's value without the per-head / per-token
+// scale (fp8e4m3 decodes through f16, so its raw value is 2^-8 of the true value; see kRaw).
+template <DType T>
+inline __m256 kv8(const void* row, int c) {
+  if constexpr (T == DType::f32) {
+    return _mm256_loadu_ps(static_cast<const float*>(row) + c);
+  } else if constexpr (T == DType::f16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(row) + c)));
+  } else if constexpr (T == DType::bf16) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(static_cast<const uint16_t*>(row) + c)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  } else if constexpr (T == DType::int8) {
+    const __m128i b = _mm_loadl_epi64((const __m128i*)(static_cast<const int8_t*>(row) + c));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+  } else if constexpr (T == DType::fp8e5m2) {
+    const __m128i b = _mm_loadl_epi64((const __m128i*)(static_cast<const uint8_t*>(row) + c));
+    return _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), b));
+  } else {
+    // e4m3 s.eeee.mmm -> f16 s.0eeee.mmm0000000: the same bits read as f16 are 2^-8 times the
+    // e4m3 value, normal and subnormal alike, and F16C converts f16 subnormals without the
+    // f32-denormal assist the bit-shift decode hits (e4m3 NaN becomes +-480, as in cvt_kv).
+    const __m128i b = _mm_loadl_epi64((const __m128i*)(static_cast<const uint8_t*>(row) + c));
+    const __m128i u = _mm_unpacklo_epi8(_mm_setzero_si128(), b);
+    return _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(u, 1), _mm_set1_epi16((short)0xbf80)));
+  }
+}
+template <DType T>
+constexpr float kRaw = T == DType::fp8e4m3 ? 256.0f : 1.0f;
+
+// S[r * DCH + t + j] = Q_r . K[t + j] (raw), r < NR, j < NT.
+template <DType T, int NR, int NT>
+inline void dqk(const float* Q, int D, const void* const* kp, int t, float* S) {
+  __m256 acc[NR][NT];
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < NT; ++j) acc[r][j] = _mm256_setzero_ps();
+  const void* k[NT];
+  for (int j = 0; j < NT; ++j) k[j] = kp[t + j];
+  for (int c = 0; c < D; c += 8) {
+    __m256 x[NT];
+    for (int j = 0; j < NT; ++j) x[j] = kv8<T>(k[j], c);
+    for (int r = 0; r < NR; ++r) {
+      const __m256 q = _mm256_loadu_ps(Q + (int64_t)r * D + c);
+      for (int j = 0; j < NT; ++j) acc[r][j] = _mm256_fmadd_ps(q, x[j], acc[r][j]);
+    }
+  }
+  float out[NR * NT];
+  constexpr int N = NR * NT;
+  int i = 0;
+  for (; i + 4 <= N; i += 4)
+    reduce4(acc[i / NT][i % NT], acc[(i + 1) / NT][(i + 1) % NT], acc[(i + 2) / NT][(i + 2) % NT],
+            acc[(i + 3) / NT][(i + 3) % NT], out + i);
+  for (; i < N; ++i) out[i] = hsum(acc[i / NT][i % NT]);
+  for (int r = 0; r < NR; ++r)
+    for (int j = 0; j < NT; ++j) S[r * DCH + t + j] = out[r * NT + j];
+}
+// O[r][c0 .. c1) += sum_t P[r * DCH + t] V[t][c0 .. c1) (raw V), r < NR, in NV-vector columns.
+template <DType T, int NR, int NV>
+inline void dpv(float* O, int D, const float* P, const void* const* vp, int n, int c0, int c1) {
+  for (int c = c0; c < c1; c += 8 * NV) {
+    __m256 acc[NR][NV];
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_loadu_ps(O + (int64_t)r * D + c + 8 * j);
+    for (int t = 0; t < n; ++t) {
+      __m256 v[NV];
+      for (int j = 0; j < NV; ++j) v[j] = kv8<T>(vp[t], c + 8 * j);
+      for (int r = 0; r < NR; ++r) {
+        const __m256 p = _mm256_broadcast_ss(P + r * DCH + t);
+        for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_fmadd_ps(p, v[j], acc[r][j]);
+      }
+    }
+    for (int r = 0; r < NR; ++r)
+      for (int j = 0; j < NV; ++j) _mm256_storeu_ps(O + (int64_t)r * D + c + 8 * j, acc[r][j]);
+  }
+}
+template <DType T, int NR, int NV>
+inline void dpv_rows(float* O, int D, const float* P, const void* const* vp, int n) {
+  const int cm = D - D % (8 * NV);
+  dpv<T, NR, NV>(O, D, P, vp, n, 0, cm);
+  if (cm < D) dpv<T, NR, 1>(O, D, P, vp, n, cm, D);
+}
+
+// The decode loop of run_item for one query row (nq == 1, G <= 16): Q [G][D] scaled by
+// smScale, O [G][D] zero, M = -inf, L = 0 on entry; positions [k0, k1) all attend.
+template <DType KT>
+void decode_item(const AttentionArgs& a, const AttnWork& w, int G, int D, float* Q, float* O, float* M,
+                 float* L, int64_t k0, int64_t k1) {
+  const KvCache& c = a.cache;
+  const int bs = c.blockSize;
+  const int32_t* pages = a.indices + a.indptr[w.seq];
+  const size_t esz = kv_elem_bytes(KT);
+  const char* base = static_cast<const char*>(c.data);
+  // raw -> true value multipliers: K's folds into Q, V's into P (int8: per token, below)
+  constexpr bool kFp8 = KT == DType::fp8e4m3 || KT == DType::fp8e5m2;
+  float kmul = kRaw<KT>, vmulf = kRaw<KT>;
+  if constexpr (kFp8) {
+    kmul *= c.scales[kv_scale_index(c, a.layer, 0, 0, w.kvHead, 0)];
+    vmulf *= c.scales[kv_scale_index(c, a.layer, 0, 1, w.kvHead, 0)];
+  }
+  if (kmul != 1.0f)
+    for (int64_t i = 0; i < (int64_t)G * D; ++i) Q[i] *= kmul;
+  constexpr bool kScaled = KT == DType::int8 || kFp8;
+  const float cap = a.softCap, icap = cap > 0.0f ? 1.0f / cap : 0.0f;
+  alignas(32) float S[16 * DCH], P[16 * DCH], ks[DCH], vs[DCH];
+  const void* kp[DCH];
+  const void* vp[DCH];
+  const char* fk[DCH];
+  const int64_t hstride = (int64_t)kv_index(c, 0, 0, 1, 0, 0, 0);  // K -> V of the same token
+  for (int64_t pos = k0; pos < k1;) {
+    const int n = (int)(k1 - pos < DCH ? k1 - pos : DCH);
+    // K and V rows of the tokens 4 chunks ahead, prefetched into L2 while the scores run (pages
+    // are only blockSize tokens, too short for the hardware prefetcher to ramp up). Spread over
+    // the score loop, not issued in one burst: a burst fills the miss buffers and stalls the
+    // loads of the current chunk, which serialises memory and compute.
+    int nf = 0;
+    for (int64_t p = pos + 4 * DCH, p2 = p + DCH < k1 ? p + DCH : k1; p < p2;) {
+      const int64_t page = p / bs;
+      const int off = (int)(p - page * bs);
+      const int cnt = (int)(p2 - p < bs - off ? p2 - p : bs - off);
+      const char* kr = base + (size_t)kv_index(c, a.layer, pages[page], 0, w.kvHead, off, 0) * esz;
+      for (int j = 0; j < cnt; ++j) fk[nf++] = kr + (size_t)j * D * esz;
+      p += cnt;
+    }
+    // row pointers (and int8 scales) of the chunk's tokens
+    for (int t = 0; t < n;) {
+      const int64_t p = pos + t;
+      const int64_t page = p / bs;
+      const int off = (int)(p - page * bs);
+      const int cnt = n - t < bs - off ? n - t : bs - off;
+      const int64_t block = pages[page];
+      const char* kr = base + (size_t)kv_index(c, a.layer, block, 0, w.kvHead, off, 0) * esz;
+      for (int j = 0; j < cnt; ++j) {
+        kp[t + j] = kr + (size_t)j * D * esz;
+        vp[t + j] = kr + ((size_t)hstride + (size_t)j * D) * esz;
+      }
+      if constexpr (KT == DType::int8) {
+        const float* sk = c.scales + kv_scale_index(c, a.layer, block, 0, w.kvHead, off);
+        const float* sv = c.scales + kv_scale_index(c, a.layer, block, 1, w.kvHead, off);
+        for (int j = 0; j < cnt; ++j) { ks[t + j] = sk[j]; vs[t + j] = sv[j]; }
+      }
+      t += cnt;
+    }
+    const int n8 = (n + 7) & ~7;
+    for (int t = n; t < n8; ++t) {  // padding: valid rows whose scores are then masked
+      kp[t] = kp[n - 1];
+      vp[t] = vp[n - 1];
+      ks[t] = 0.0f;
+      vs[t] = 0.0f;
+    }
+    // scores, 4 tokens at a time (their K rows stay in L1 across the row blocks)
+    const size_t rowBytes = (size_t)D * esz;
+    for (int t = 0; t < n8; t += 4) {
+      for (int j = t; j < t + 4 && j < nf; ++j)
+        for (size_t b = 0; b < rowBytes; b += 64) {
+          __builtin_prefetch(fk[j] + b, 0, 2);
+          __builtin_prefetch(fk[j] + (size_t)hstride * esz + b, 0, 2);
+        }
+      int r = 0;
+      for (; r + 4 <= G; r += 4) {
+        dqk<KT, 4, 2>(Q + (int64_t)r * D, D, kp, t, S + r * DCH);
+        dqk<KT, 4, 2>(Q + (int64_t)r * D, D, kp, t + 2, S + r * DCH);
+      }
+      switch (G - r) {
+        case 3:
+          dqk<KT, 3, 2>(Q + (int64_t)r * D, D, kp, t, S + r * DCH);
+          dqk<KT, 3, 2>(Q + (int64_t)r * D, D, kp, t + 2, S + r * DCH);
+          break;
+        case 2: dqk<KT, 2, 4>(Q + (int64_t)r * D, D, kp, t, S + r * DCH); break;
+        case 1: dqk<KT, 1, 4>(Q + (int64_t)r * D, D, kp, t, S + r * DCH); break;
+        default: break;
+      }
+    }
+    // online softmax per row; P = p * (V multiplier)
+    for (int r = 0; r < G; ++r) {
+      float* s = S + r * DCH;
+      float* pr = P + r * DCH;
+      for (int t = 0; t < n8; t += 8) {
+        __m256 x = _mm256_load_ps(s + t);
+        if constexpr (KT == DType::int8) x = _mm256_mul_ps(x, _mm256_load_ps(ks + t));
+        if (cap > 0.0f) x = vmul(vtanh(vmul(x, vset(icap))), vset(cap));
+        _mm256_store_ps(s + t, x);
+      }
+      for (int t = n; t < n8; ++t) s[t] = -INFINITY;
+      __m256 mx = _mm256_load_ps(s);
+      for (int t = 8; t < n8; t += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(s + t));
+      const float mt = hmax(mx), mo = M[r];
+      const float mn = mt > mo ? mt : mo;
+      if (mn == -INFINITY) {  // nothing finite yet: p = 0
+        for (int t = 0; t < n8; ++t) pr[t] = 0.0f;
+        continue;
+      }
+      if (mn > mo) {
+        const float alpha = mo == -INFINITY ? 0.0f : std::exp(mo - mn);
+        L[r] *= alpha;
+        float* o = O + (int64_t)r * D;
+        const __m256 va = _mm256_set1_ps(alpha);
+        for (int d = 0; d < D; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), va));
+        M[r] = mn;
+      }
+      const __m256 vm = _mm256_set1_ps(mn), vv = _mm256_set1_ps(vmulf);
+      __m256 sum = _mm256_setzero_ps();
+      for (int t = 0; t < n8; t += 8) {
+        const __m256 e = vexp(_mm256_sub_ps(_mm256_load_ps(s + t), vm));
+        sum = _mm256_add_ps(sum, e);
+        if constexpr (KT == DType::int8) _mm256_store_ps(pr + t, _mm256_mul_ps(e, _mm256_load_ps(vs + t)));
+        else if constexpr (kScaled) _mm256_store_ps(pr + t, _mm256_mul_ps(e, vv));
+        else _mm256_store_ps(pr + t, e);
+      }
+      L[r] += hsum(sum);
+    }
+    // O += P V
+    {
+      int r = 0;
+      for (; r + 8 <= G; r += 8) dpv_rows<KT, 8, 1>(O + (int64_t)r * D, D, P + r * DCH, vp, n);
+      for (; r + 4 <= G; r += 4) dpv_rows<KT, 4, 2>(O + (int64_t)r * D, D, P + r * DCH, vp, n);
+      switch (G - r) {
+        case 3: dpv_rows<KT, 3, 2>(O + (int64_t)r * D, D, P + r * DCH, vp, n); break;
+        case 2: dpv_rows<KT, 2, 4>(O + (int64_t)r * D, D, P + r * DCH, vp, n); break;
+        case 1: dpv_rows<KT, 1, 4>(O + (int64_t)r * D, D, P + r * DCH, vp, n); break;
+        default: break;
+      }
+    }
+    pos += n;
+  }
+}
+#endif
+
 template <DType KT>
 void run_item(const Item& it, const AttnWork& w, int th, Parallel& par) {
   const AttentionPlan& plan = *it.plan;
@@ -336,6 +574,12 @@ void run_item(const Item& it, const AttnWork& w, int th, Parallel& par) {
     for (int kv = 0; kv < 2; ++kv) hscale[kv] = c.scales[kv_scale_index(c, a.layer, 0, kv, w.kvHead, 0)];
   const float cap = a.softCap, icap = cap > 0.0f ? 1.0f / cap : 0.0f;
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if (nq == 1 && G <= 16) {
+    decode_item<KT>(a, w, G, D, Q, O, M, L, k0, k1);
+    k1 = k0;  // the tile loop below has nothing left to do
+  }
+#endif
   for (int64_t pos = k0; pos < k1;) {
     const int n = (int)(k1 - pos < TT ? k1 - pos : TT);
     const int64_t last = pos + n - 1;
