@@ -29,7 +29,7 @@ import {
 import { GgufMetaEntry, GgufTensorSpec, writeGguf } from '../lib/model/gguf-writer';
 import { encodeGgml, ggmlBlockSize, ggmlRowBytes, f32ToF16Bits } from '../lib/model/ggml-quants';
 import { formatGgufInfo } from '../lib/model/inspect';
-import { rng } from './helpers';
+import { expectKernelError, rng } from './helpers';
 
 const M_abs = Math.abs;
 const M_floor = Math.floor;
@@ -45,23 +45,6 @@ if (!haveStories)
   console.warn(
     `gguf.test: ${STORIES} not found; skipping the stories260K tests (set TACHYON_MODELS_DIR)`,
   );
-
-/** Asserts fn throws a KernelError with the given code; returns it. */
-function expectKernelError(fn: () => unknown, code: string, msg?: RegExp): KernelError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  if (!(err instanceof KernelError))
-    throw new Error(
-      `expected a KernelError ${code} but got ${err === undefined ? 'no error' : String(err)}`,
-    );
-  expect(err.code).toBe(code);
-  if (msg) expect(err.message).toMatch(msg);
-  return err;
-}
 
 async function expectKernelErrorAsync(
   p: Promise<unknown>,

@@ -18,23 +18,9 @@ import {
   hashBlocks,
   PageTable,
 } from '../lib/kv/index';
-import { rng } from './helpers';
+import { expectKernelError, rng } from './helpers';
 
 const range = (a: number, b: number): number[] => Array.from({ length: b - a }, (_, i) => a + i);
-
-function expectKvError(fn: () => unknown, code: string, match?: RegExp): KernelError {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KernelError);
-  const k = err as KernelError;
-  expect(k.code).toBe(code);
-  if (match) expect(k.message).toMatch(match);
-  return k;
-}
 
 /** Everything observable about the manager, for "nothing changed" checks. */
 function snapshot(bm: BlockManager): string {
@@ -128,34 +114,34 @@ describe('block hash', () => {
 
 describe('BlockManager basics', () => {
   test('argument validation', () => {
-    expectKvError(
+    expectKernelError(
       () => new BlockManager({ numBlocks: 0, blockSize: 16 }),
       'E_INVALID_ARG',
       /numBlocks/,
     );
-    expectKvError(
+    expectKernelError(
       () => new BlockManager({ numBlocks: 4, blockSize: 1.5 }),
       'E_INVALID_ARG',
       /blockSize/,
     );
-    expectKvError(
+    expectKernelError(
       () => new BlockManager({ numBlocks: 4, blockSize: 4, watermark: 1 }),
       'E_INVALID_ARG',
       /watermark/,
     );
     const bm = new BlockManager({ numBlocks: 4, blockSize: 4 });
-    expectKvError(() => bm.createSequence([1, -2]), 'E_INVALID_ARG', /prompt\[1\]/);
-    expectKvError(() => bm.createSequence([1, 2 ** 31]), 'E_INVALID_ARG', /token id/);
-    expectKvError(() => bm.append(123, [1]), 'E_INVALID_ARG', /live sequence/);
+    expectKernelError(() => bm.createSequence([1, -2]), 'E_INVALID_ARG', /prompt\[1\]/);
+    expectKernelError(() => bm.createSequence([1, 2 ** 31]), 'E_INVALID_ARG', /token id/);
+    expectKernelError(() => bm.append(123, [1]), 'E_INVALID_ARG', /live sequence/);
     const { seq } = bm.createSequence([1, 2, 3]);
-    expectKvError(() => bm.append(seq, [0.5]), 'E_INVALID_ARG');
-    expectKvError(() => bm.truncate(seq, 4), 'E_INVALID_ARG', /\[0, 3\]/);
-    expectKvError(
+    expectKernelError(() => bm.append(seq, [0.5]), 'E_INVALID_ARG');
+    expectKernelError(() => bm.truncate(seq, 4), 'E_INVALID_ARG', /\[0, 3\]/);
+    expectKernelError(
       () => bm.createSequence([1, 2], { retention: [{ start: 3, end: 1, priority: 1 }] }),
       'E_INVALID_ARG',
       /retention\[0\]\.end/,
     );
-    expectKvError(
+    expectKernelError(
       () => bm.createSequence([1, 2], { numNewTokens: 3 }),
       'E_INVALID_ARG',
       /numNewTokens/,
@@ -255,12 +241,12 @@ describe('fork and copy-on-write', () => {
     const bm = new BlockManager({ numBlocks: 16, blockSize: 4 });
     const a = bm.createSequence([1, 2, 3, 4, 5]).seq;
     const before = snapshot(bm);
-    expectKvError(() => bm.fork(a), 'E_INVALID_ARG', /uncommitted/);
+    expectKernelError(() => bm.fork(a), 'E_INVALID_ARG', /uncommitted/);
     expect(snapshot(bm)).toBe(before);
     bm.commitStep();
     const b = bm.fork(a);
     expect(bm.append(b, [6]).length).toBe(1);
-    expectKvError(() => bm.fork(b), 'E_INVALID_ARG', /uncommitted/);
+    expectKernelError(() => bm.fork(b), 'E_INVALID_ARG', /uncommitted/);
     bm.checkInvariants();
   });
 });
@@ -387,7 +373,7 @@ describe('exhaustion', () => {
     const b = bm.fork(a);
     let before = snapshot(bm);
     // b needs a copy of the partial block + 1 new block = 2, only 1 free.
-    const e = expectKvError(() => bm.append(b, range(0, 3)), 'E_KV_EXHAUSTED');
+    const e = expectKernelError(() => bm.append(b, range(0, 3)), 'E_KV_EXHAUSTED');
     expect(e.message).toMatch(/needs 2 block\(s\)/);
     expect(e.message).toMatch(/only 1 are available \(1 free \+ 0 evictable cached/);
     expect(e.op).toBe('BlockManager.append');
@@ -396,7 +382,7 @@ describe('exhaustion', () => {
     expect(bm.canAppend(b, 2)).toBe(true);
     bm.checkInvariants();
     before = snapshot(bm);
-    expectKvError(() => bm.createSequence(range(50, 59)), 'E_KV_EXHAUSTED', /needs 3 block/);
+    expectKernelError(() => bm.createSequence(range(50, 59)), 'E_KV_EXHAUSTED', /needs 3 block/);
     expect(snapshot(bm)).toBe(before);
     const chk = bm.checkAdmission(range(50, 59));
     expect(chk).toMatchObject({ ok: false, cachedTokens: 0, blocksNeeded: 3, blocksAvailable: 1 });
@@ -420,7 +406,7 @@ describe('exhaustion', () => {
     // 3 evictable cached + 1 free. Hitting 2 cached blocks and adding 3 new needs 5 > 4.
     const before = snapshot(bm);
     expect(bm.checkAdmission([1, 2, 3, 4, 9, 9, 9, 9, 9, 9]).blocksNeeded).toBe(5);
-    expectKvError(() => bm.createSequence([1, 2, 3, 4, 9, 9, 9, 9, 9, 9]), 'E_KV_EXHAUSTED');
+    expectKernelError(() => bm.createSequence([1, 2, 3, 4, 9, 9, 9, 9, 9, 9]), 'E_KV_EXHAUSTED');
     expect(snapshot(bm)).toBe(before);
     const ok = bm.createSequence([1, 2, 3, 4, 9, 9, 9, 9]);
     expect(ok.cachedTokens).toBe(4);
@@ -433,10 +419,10 @@ describe('exhaustion', () => {
     expect(bm.canAllocate(8)).toBe(true);
     expect(bm.canAllocate(9)).toBe(false);
     expect(bm.canAllocate(9, { useWatermark: false })).toBe(true);
-    expectKvError(() => bm.createSequence(range(0, 9)), 'E_KV_EXHAUSTED', /watermark/);
+    expectKernelError(() => bm.createSequence(range(0, 9)), 'E_KV_EXHAUSTED', /watermark/);
     const a = bm.createSequence(range(0, 9), { useWatermark: false }).seq;
     expect(bm.canAppend(a, 1)).toBe(true);
-    expectKvError(() => bm.append(a, [1], { useWatermark: true }), 'E_KV_EXHAUSTED');
+    expectKernelError(() => bm.append(a, [1], { useWatermark: true }), 'E_KV_EXHAUSTED');
     bm.append(a, [1]);
     expect(bm.stats().freeBlocks).toBe(0);
     bm.checkInvariants();
@@ -615,14 +601,14 @@ describe('page table', () => {
     const a = bm.createSequence(range(0, 6)).seq;
     const b = bm.createSequence(range(0, 3)).seq;
     const before = snapshot(bm);
-    expectKvError(() => buildPageTable(bm, [a]), 'E_INVALID_ARG', /not in the batch/);
-    expectKvError(() => buildPageTable(bm, [a, b, a]), 'E_INVALID_ARG', /already in the batch/);
-    expectKvError(
+    expectKernelError(() => buildPageTable(bm, [a]), 'E_INVALID_ARG', /not in the batch/);
+    expectKernelError(() => buildPageTable(bm, [a, b, a]), 'E_INVALID_ARG', /already in the batch/);
+    expectKernelError(
       () => buildPageTable(bm, [a, { seq: b, numNewTokens: 2 }]),
       'E_INVALID_ARG',
       /numNewTokens/,
     );
-    expectKvError(() => buildPageTable(bm, [a, b, 77]), 'E_INVALID_ARG', /live sequence/);
+    expectKernelError(() => buildPageTable(bm, [a, b, 77]), 'E_INVALID_ARG', /live sequence/);
     expect(snapshot(bm)).toBe(before);
     // Without commit: anything in [1, length], nothing changes.
     const dry = buildPageTable(bm, [{ seq: a, numNewTokens: 1 }], { commit: false });
@@ -630,7 +616,7 @@ describe('page table', () => {
     expect(snapshot(bm)).toBe(before);
     buildPageTable(bm, [a, b]);
     expect(bm.uncommittedSequences()).toEqual([]);
-    expectKvError(() => buildPageTable(bm, [a]), 'E_INVALID_ARG', /has none/);
+    expectKernelError(() => buildPageTable(bm, [a]), 'E_INVALID_ARG', /has none/);
     expect(buildPageTable(bm, []).batchSize).toBe(0);
   });
 });

@@ -190,7 +190,3 @@ export function dequantize(
       );
   }
 }
-
-export function disposeMatrix(m: Matrix | undefined): void {
-  m?.dispose();
-}
