@@ -16,6 +16,15 @@ export * as kv from './kv/index';
 export * as model from './model/index';
 export { loadModel, Model } from './model/model';
 export type { LoadModelOptions, ModelInfo, GenerateOptions, GenerateChunk } from './model/model';
+export * as engine from './engine/index';
+export { createEngine, Engine } from './engine/index';
+export type {
+  EngineOptions,
+  EngineRequest,
+  EngineStats,
+  EngineStream,
+  RequestMetrics,
+} from './engine/index';
 export { mapFile } from './runtime/mmap';
 export type { MappedFile } from './runtime/mmap';
 export { version } from './version';

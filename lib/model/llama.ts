@@ -82,6 +82,8 @@ export interface ForwardStep {
   table: PageTable;
   /** Rows that need logits (e.g. each sequence's last row). Default: every row. */
   logitRows?: Int32Array;
+  /** KV pool the table indexes (createCache()). Default: the model's own pool. */
+  cache?: KvCache;
 }
 
 export interface LlamaOptions {
@@ -130,6 +132,8 @@ export class LlamaModel {
   private readonly stream: Stream;
   private workspaces: Workspace[] = [];
   private disposed = false;
+  /** Serialises forward(): the MoE path awaits mid-step and the workspaces are shared. */
+  private lock: Promise<void> = Promise.resolve();
 
   constructor(
     loader: WeightLoader,
@@ -163,19 +167,35 @@ export class LlamaModel {
           requant: true,
         },
       );
-      const blocks = Math.ceil(options.kvTokens / this.blockSize);
-      this.cache = createKvCache(this.rt, {
-        layers: c.layers,
-        blocks,
-        kvHeads: c.kvHeads,
-        blockSize: this.blockSize,
-        headDim: Dp,
-        dtype: options.kvDtype ?? 'f16',
-      });
+      this.cache = this.createCache(
+        Math.ceil(options.kvTokens / this.blockSize),
+        options.kvDtype ?? 'f16',
+      );
     } catch (e) {
       this.disposeWeights();
       throw e;
     }
+  }
+
+  /** A KV pool of `blocks` blocks shaped for this model (an engine's own pool). */
+  createCache(blocks: number, dtype: KvDType = 'f16'): KvCache {
+    const c = this.config;
+    return createKvCache(this.rt, {
+      layers: c.layers,
+      blocks,
+      kvHeads: c.kvHeads,
+      blockSize: this.blockSize,
+      headDim: this.paddedHeadDim,
+      dtype,
+    });
+  }
+
+  /** Bytes one KV block takes in every layer (codes and scales) at `dtype`. */
+  kvBlockBytes(dtype: KvDType): number {
+    const c = this.config;
+    const perElem = dtype === 'f32' ? 4 : dtype === 'f16' || dtype === 'bf16' ? 2 : 1;
+    const scale = dtype === 'int8' ? 4 / this.paddedHeadDim : 0;
+    return c.layers * 2 * c.kvHeads * this.blockSize * this.paddedHeadDim * (perElem + scale);
   }
 
   private loadLayer(i: number, Dp: number): Layer {
@@ -341,12 +361,31 @@ export class LlamaModel {
    * [logitRows.length, vocab] (enqueued on the model's stream; read it to wait).
    */
   async forward(step: ForwardStep): Promise<Tensor> {
+    const prev = this.lock;
+    let done!: () => void;
+    this.lock = new Promise<void>((r) => (done = r));
+    try {
+      await prev;
+      return await this.forwardLocked(step);
+    } finally {
+      done();
+    }
+  }
+
+  private async forwardLocked(step: ForwardStep): Promise<Tensor> {
     if (this.disposed)
       throw new KernelError('The model has been disposed', { code: 'E_DISPOSED', op: 'forward' });
     const c = this.config;
     const rt = this.rt;
     const s = { stream: this.stream };
     const { tokens, table } = step;
+    const cache = step.cache ?? this.cache;
+    if (cache.disposed || cache.layers !== c.layers || cache.headDim !== this.paddedHeadDim)
+      throw new KernelError('The KV cache is disposed or not shaped for this model', {
+        code: cache.disposed ? 'E_DISPOSED' : 'E_SHAPE',
+        op: 'forward',
+        arg: 'cache',
+      });
     const T = tokens.length;
     if (T === 0 || T !== table.numTokens)
       throw new KernelError(
@@ -359,8 +398,8 @@ export class LlamaModel {
     const slots = rt.tensor(table.slotMapping, [T], { dtype: 'i32' });
     const temps: Tensor[] = [pos, slots];
     try {
-      if (table.copies.length > 0) kvCopyBlocks(this.cache, table.copies, s);
-      const plan = planAttention(this.cache, table, { qHeads: c.heads });
+      if (table.copies.length > 0) kvCopyBlocks(cache, table.copies, s);
+      const plan = planAttention(cache, table, { qHeads: c.heads });
       const ropeOpts = {
         ...s,
         rotaryDim: c.ropeDim,
@@ -377,8 +416,8 @@ export class LlamaModel {
         mm(ws.xn, L.wv, ws.v, false, st, temps);
         rope(ws.q3, pos, ropeOpts);
         rope(ws.k3, pos, ropeOpts);
-        kvAppend(this.cache, l, ws.k3, ws.v3, slots, s);
-        attention(plan, this.cache, l, ws.q3, { ...s, out: ws.att3, smScale });
+        kvAppend(cache, l, ws.k3, ws.v3, slots, s);
+        attention(plan, cache, l, ws.q3, { ...s, out: ws.att3, smScale });
         mm(ws.att, L.wo, ws.x, true, st, temps);
         rmsNorm(ws.x, { ...s, weight: L.ffnNorm, eps: c.rmsEps, out: ws.xn });
         const f = L.ffn;
@@ -391,7 +430,7 @@ export class LlamaModel {
           siluMul(ws.h, ws.u!, { ...s, out: ws.h });
           mm(ws.h, f.down, ws.x, true, st, temps);
         } else {
-          await this.moe(f, ws, temps);
+          await this.moe(f, ws, temps, l);
         }
       }
       let xl = ws.x;
@@ -417,7 +456,7 @@ export class LlamaModel {
     }
   }
 
-  private async moe(f: MoeFfn, ws: Workspace, temps: Tensor[]): Promise<void> {
+  private async moe(f: MoeFfn, ws: Workspace, temps: Tensor[], layer: number): Promise<void> {
     const c = this.config;
     const rt = this.rt;
     const s = { stream: this.stream };
@@ -432,13 +471,14 @@ export class LlamaModel {
     } finally {
       logitsT.dispose();
     }
-    const { experts, weights } = this.routing.route(logits, T, E, k);
+    const { experts, weights } = this.routing.route(logits, T, E, k, { layer });
     const perm = expertPermutation(experts, k, E);
+    if (perm.rows.length === 0) return; // every assignment dropped (capacity): nothing to add
     const rows = rt.tensor(perm.rows, [perm.rows.length], { dtype: 'i32' });
     const offsets = rt.tensor(perm.offsets, [E + 1], { dtype: 'i32' });
     temps.push(rows, offsets);
     if (f.gateUp) {
-      const R = T * k;
+      const R = perm.rows.length; // kept assignments (capacity may drop some)
       const ident = rt.tensor(
         Int32Array.from({ length: R }, (_, i) => i),
         [R],

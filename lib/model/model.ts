@@ -14,7 +14,8 @@ import { BlockManager, buildPageTable, SeqId } from '../kv/index';
 import { llamaConfig, LlamaConfig } from './config';
 import { GgufFile, readGguf } from './gguf';
 import { LlamaModel } from './llama';
-import { Sampler, SAMPLING_OPTION_KEYS, SamplingOptions, StopMatcher } from './sampler';
+import { GenerateChunk, OutputStream } from './output';
+import { Sampler, SAMPLING_OPTION_KEYS, SamplingOptions } from './sampler';
 import { Tokenizer, tokenizerFromGguf } from './tokenizer';
 import { WeightLoader, WeightMode } from './weights';
 
@@ -85,17 +86,7 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
 }
 
-export type FinishReason = 'stop' | 'length' | 'eos';
-
-export interface GenerateChunk {
-  token: number;
-  /** Text that became final with this token (may be '' while a UTF-8 character or a possible stop string is pending). */
-  text: string;
-  logprob: number;
-  top?: { token: number; logprob: number }[];
-  /** Set on the last chunk. */
-  finishReason?: FinishReason;
-}
+export type { FinishReason, GenerateChunk } from './output';
 
 export class Model {
   readonly info: ModelInfo;
@@ -194,10 +185,15 @@ export class Model {
       throw invalidArg('generate', 'options.maxTokens', 'a positive integer', maxTokens);
     const V = this.info.config.vocab;
     const sampler = new Sampler(V, samplingOptions(options));
-    const stops = new StopMatcher(options.stop ?? []);
-    const detok = this.tokenizer.createStream();
+    const out = new OutputStream({
+      tokenizer: this.tokenizer,
+      stop: options.stop,
+      ignoreEos: options.ignoreEos,
+      maxTokens,
+      maxLength: ctx,
+      promptLength: ids.length,
+    });
     sampler.acceptMany(ids);
-    let length = ids.length;
     const signal = options.signal;
     let logits: Float32Array = new Float32Array(V);
     let seq: SeqId | undefined;
@@ -205,32 +201,12 @@ export class Model {
       seq = await this.prefill(ids, signal, false, (rows) =>
         logits.set(rows.subarray(rows.length - V)),
       );
-      for (let n = 0; ; n++) {
+      for (;;) {
         const s = sampler.sample(logits);
         sampler.accept(s.token);
-        length++;
-        const eog = this.tokenizer.isEog(s.token) && !options.ignoreEos;
-        const chunk: GenerateChunk = { token: s.token, text: '', logprob: s.logprob };
-        if (s.top) chunk.top = s.top;
-        let finish: FinishReason | undefined;
-        if (eog) {
-          finish = 'eos';
-          chunk.text = stops.push(detok.flush()).emit + stops.flush();
-        } else {
-          const r = stops.push(detok.push(s.token));
-          chunk.text = r.emit;
-          if (r.stopped) finish = 'stop';
-          else if (n + 1 >= maxTokens || length >= ctx) {
-            finish = 'length';
-            chunk.text += stops.push(detok.flush()).emit + stops.flush();
-          }
-        }
-        if (finish) {
-          chunk.finishReason = finish;
-          yield chunk;
-          return;
-        }
+        const chunk = out.push(s);
         yield chunk;
+        if (chunk.finishReason) return;
         logits = await this.decodeStep(seq, s.token, signal, logits);
       }
     } finally {
@@ -517,7 +493,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   }
 }
 
-function samplingOptions(o: GenerateOptions): SamplingOptions {
+/** The sampling fields of a request's options. */
+export function samplingOptions(o: SamplingOptions): SamplingOptions {
   const r: Record<string, unknown> = {};
   for (const k of SAMPLING_OPTION_KEYS) if (o[k] !== undefined) r[k] = o[k];
   return r as SamplingOptions;

@@ -889,6 +889,25 @@ export class Sampler {
   }
 
   /**
+   * `token` scored the way sample() scores what it draws (its processed logprob, and the top
+   * list when logprobs are on), without drawing: for tokens chosen elsewhere, such as accepted
+   * speculative drafts. Consumes no random numbers.
+   */
+  score(logits: Float32Array, token: number): SampledToken {
+    if (!(Number.isInteger(token) && token >= 0 && token < this.vocabSize))
+      throw invalidArg(OP, 'token', `a token id in [0, ${this.vocabSize})`, token);
+    const st = this.prepare(logits);
+    const out: SampledToken = { token, logprob: lp(st.sc.work, token, st.m, st.invT, st.logZ) };
+    if (this.o.logprobs !== undefined) out.top = this.topList(st);
+    return out;
+  }
+
+  /** One uniform double in [0, 1) from this sampler's seeded stream (speculative acceptance tests). */
+  uniform(): number {
+    return this.rng();
+  }
+
+  /**
    * The distribution sample() would draw from for `logits` right now (after every stage,
    * renormalised). Consumes no random numbers. For greedy, the argmax with probability 1.
    */

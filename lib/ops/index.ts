@@ -57,4 +57,21 @@ export type {
   AttentionOptions,
 } from './attention';
 export { softmaxTopK, moeCombine } from './moe';
-export type { RoutingDecision, RoutingPolicy, MoeCombineOptions } from './moe';
+export type {
+  RoutingDecision,
+  RoutingPolicy,
+  RoutingContext,
+  RoutingRanking,
+  MoeCombineOptions,
+} from './moe';
+export { sigmoidGroupTopK, withCapacity, withLoadStats } from './moe-routing';
+export type {
+  SigmoidGroupTopKOptions,
+  CapacityOptions,
+  CapacityPolicy,
+  OverflowMode,
+  ExpertLoad,
+  LayerLoad,
+  LoadReport,
+  LoadStatsPolicy,
+} from './moe-routing';

@@ -632,6 +632,12 @@ export function qmatmulGrouped(
  * token of each assignment, grouped by expert, tokens ascending within an expert),
  * `offsets` ([E+1]) and `slot` (for assignment j of token t, i.e. index t*k+j, the row of
  * the grouped output that holds it). A stable counting sort: O(T*k + E).
+ *
+ * An expert id of -1 is a dropped assignment (capacity limits, see withCapacity): it gets
+ * no row, so rows.length = offsets[E] = the number of kept assignments, and its slot is 0,
+ * which moeCombine accepts (it checks slots against the rows of y) and which its weight
+ * of 0 makes harmless. When every assignment is dropped (rows.length 0) there is nothing
+ * to compute: skip the grouped matmuls and the combine.
  */
 export function expertPermutation(
   experts: Int32Array,
@@ -645,21 +651,34 @@ export function expertPermutation(
       `a positive divisor of experts.length (${experts.length})`,
       k,
     );
+  if (!Number.isSafeInteger(numExperts) || numExperts < 1)
+    throw invalidArg('expertPermutation', 'numExperts', 'a positive integer', numExperts);
   const offsets = new Int32Array(numExperts + 1);
+  let kept = 0;
   for (let i = 0; i < experts.length; i++) {
     const e = experts[i];
+    if (e === -1) continue;
     if (!(e >= 0 && e < numExperts))
-      throw invalidArg('expertPermutation', 'experts', `expert ids in [0, ${numExperts})`, e);
+      throw invalidArg(
+        'expertPermutation',
+        'experts',
+        `expert ids in [0, ${numExperts}) or -1 (dropped)`,
+        e,
+      );
     offsets[e + 1]++;
+    kept++;
   }
   for (let e = 0; e < numExperts; e++) offsets[e + 1] += offsets[e];
   const next = offsets.slice(0, numExperts);
-  const rows = new Int32Array(experts.length);
-  const slot = new Int32Array(experts.length);
-  for (let i = 0; i < experts.length; i++) {
-    const p = next[experts[i]]++;
-    rows[p] = Math.floor(i / k);
-    slot[i] = p;
-  }
+  const rows = new Int32Array(kept);
+  const slot = new Int32Array(experts.length); // dropped assignments keep slot 0
+  for (let t = 0, i = 0; i < experts.length; t++)
+    for (let j = 0; j < k; j++, i++) {
+      const e = experts[i];
+      if (e < 0) continue;
+      const p = next[e]++;
+      rows[p] = t;
+      slot[i] = p;
+    }
   return { rows, offsets, slot };
 }
