@@ -150,6 +150,38 @@ export function printReport(report: BenchReport, log: (s: string) => void = cons
       typeof r.tokensPerS === 'number' ? r.tokensPerS.toFixed(2) : '-',
     ]);
   log(t.toString());
+  const serve = report.results.filter((r) => typeof r.ttftP50Ms === 'number');
+  if (serve.length === 0) return;
+  const ms = (x: unknown) => (typeof x === 'number' ? x.toFixed(0) : '-');
+  const pct = (x: unknown) => (typeof x === 'number' ? (x * 100).toFixed(0) + '%' : '-');
+  const s = new Table({
+    head: [
+      'case',
+      'tok/s',
+      'req/s',
+      'TTFT p50/p99 ms',
+      'TPOT p50/p99 ms',
+      'ITL p50/p99 ms',
+      'goodput',
+      'prefix hit',
+      'preempt',
+      'accept',
+    ],
+  });
+  for (const r of serve)
+    s.push([
+      r.case,
+      (r.tokensPerS as number).toFixed(2),
+      fmt(r.requestsPerS as number),
+      `${ms(r.ttftP50Ms)} / ${ms(r.ttftP99Ms)}`,
+      `${ms(r.tpotP50Ms)} / ${ms(r.tpotP99Ms)}`,
+      `${ms(r.itlP50Ms)} / ${ms(r.itlP99Ms)}`,
+      fmt(r.goodputRps as number),
+      pct(r.prefixHitRate),
+      r.preemptions === undefined ? '-' : String(r.preemptions),
+      pct(r.acceptanceRate),
+    ]);
+  log(s.toString());
 }
 
 export function writeJson(file: string, report: BenchReport): void {

@@ -57,9 +57,16 @@ export interface E2eOptions {
   log?: (s: string) => void;
 }
 
-/** Generates (once, cached under .cache/models) the default benchmark model. */
-export async function defaultBenchModel(quick = false, log?: (s: string) => void): Promise<string> {
-  const spec = quick ? QUICK_SPEC : E2E_DEFAULT_SPEC;
+/**
+ * Generates (once, cached under .cache/models) the default benchmark model; with `copy`, the
+ * same shapes and types with a copying head (synthetic.ts copyHead) for copy-heavy traffic.
+ */
+export async function defaultBenchModel(
+  quick = false,
+  log?: (s: string) => void,
+  copy = false,
+): Promise<string> {
+  const spec = benchModelSpec(quick, copy);
   const dir = path.join(packageRoot(), '.cache', 'models');
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${spec.name}.gguf`);
@@ -72,8 +79,14 @@ export async function defaultBenchModel(quick = false, log?: (s: string) => void
   return file;
 }
 
+/** The spec defaultBenchModel writes. */
+export function benchModelSpec(quick = false, copy = false): SyntheticModelSpec {
+  const base = quick ? QUICK_SPEC : E2E_DEFAULT_SPEC;
+  return copy ? { ...base, name: `${base.name}-copy`, copyHead: true } : base;
+}
+
 /** Per-token costs of a model: matmul MACs, weight bytes read per decoded token. */
-async function modelCosts(
+export async function modelCosts(
   file: string,
   m: Model,
 ): Promise<{ macsPerToken: number; weightBytes: number; intWeights: boolean }> {
@@ -102,7 +115,7 @@ async function modelCosts(
   return { macsPerToken: macs, weightBytes: bytes, intWeights };
 }
 
-function promptIds(m: Model, n: number, seed: number): Int32Array {
+export function promptIds(m: Model, n: number, seed: number): Int32Array {
   const V = m.info.config.vocab;
   const ids = new Int32Array(n);
   let x = seed >>> 0 || 1;

@@ -660,3 +660,457 @@ export async function runLlamaBench(
     };
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Serving: several requests at once on one context with `parallel` sequences, the way
+// llama-server's slots work (the `npx tachyon bench serve` comparison).
+
+export interface LlamaCppServeRequest {
+  /** Prompt token ids, BOS included when the model uses it (nothing is added). */
+  prompt: ArrayLike<number>;
+  /** Generated tokens: exactly this many (end-of-generation tokens do not stop it). */
+  maxTokens: number;
+  /** When the request arrives, in ms after the run starts. Default 0. */
+  arrivalMs?: number;
+}
+
+export interface LlamaCppServeOptions {
+  modelPath: string;
+  /** Sequences (slots) in the context, served concurrently. */
+  parallel: number;
+  /** CPU threads (exact). */
+  threads: number;
+  /**
+   * KV cells per sequence (node-llama-cpp's contextSize; the KV cache holds parallel times as
+   * many). Default: the longest prompt + maxTokens, + 1. Smaller values are refused, since a
+   * context shift would change the work.
+   */
+  contextSize?: number;
+  /** Tokens per llama_decode (llama.cpp n_batch). Default 512. */
+  batchSize?: number;
+  /** Must be true (the default): generation never stops at EOS. */
+  ignoreEos?: true;
+  /** Default false, as in the shared references. */
+  flashAttention?: boolean;
+  /** One untimed lockstep tick on every sequence first. Default true. */
+  warmup?: boolean;
+  /**
+   * Stop after this many ms of serving; the result then has completed false and partial
+   * figures. bestServeLlamaCpp uses it to cut a thread count that cannot win.
+   */
+  deadlineMs?: number;
+}
+
+export interface LlamaCppServeRequestResult {
+  /** First generated token − arrival (queueing and prefill included). */
+  ttftMs: number;
+  /** (last token − first token) / (n − 1); 0 when n = 1. */
+  tpotMs: number;
+  /** Gaps between consecutive generated tokens (n − 1 of them). */
+  itlMs: number[];
+  /** Start of service (a sequence took it) − arrival. */
+  queueMs: number;
+  promptTokens: number;
+  outputTokens: number;
+  /** The generated ids (greedy). */
+  tokens: Int32Array;
+  /** Arrival, start of service and last token, in ms after the run started. */
+  arrivalMs: number;
+  startMs: number;
+  endMs: number;
+}
+
+export interface LlamaCppServeResult {
+  threads: number;
+  parallel: number;
+  /** From the start of the run to the last generated token. */
+  wallMs: number;
+  outputTokens: number;
+  promptTokens: number;
+  /** outputTokens / wallMs. */
+  tokensPerS: number;
+  /** In the order the requests were given. */
+  requests: LlamaCppServeRequestResult[];
+  /** False when deadlineMs stopped the run (unfinished requests have NaN latencies). */
+  completed: boolean;
+  /** Lockstep ticks: each submits one token (or the prompt) of every active sequence. */
+  ticks: number;
+  /**
+   * llama_decode calls and the tokens they carried, counted on node-llama-cpp's native context;
+   * with full batching decodeCalls equals ticks (more only when prompts overflow batchSize).
+   * Undefined when the counter could not be attached.
+   */
+  decodeCalls: number | undefined;
+  decodedTokens: number | undefined;
+  /** KV cells per sequence and llama_decode batch size actually used. */
+  contextSize: number;
+  batchSize: number;
+}
+
+interface ServeJob {
+  index: number;
+  prompt: number[];
+  maxTokens: number;
+  arrivalMs: number;
+}
+
+/** Validates without loading anything, so bad input fails fast (and without node-llama-cpp). */
+function checkServe(
+  op: string,
+  requests: readonly LlamaCppServeRequest[],
+  options: Omit<LlamaCppServeOptions, 'threads'>,
+): ServeJob[] {
+  if (!Array.isArray(requests) || requests.length === 0)
+    throw invalidArg(op, 'requests', 'a non-empty array of requests', requests);
+  if (typeof options !== 'object' || options === null)
+    throw invalidArg(op, 'options', 'an object', options);
+  if (typeof options.modelPath !== 'string' || !fs.existsSync(options.modelPath))
+    throw invalidArg(
+      op,
+      'options.modelPath',
+      'the path of an existing GGUF file',
+      options.modelPath,
+    );
+  checkInt(op, 'options.parallel', options.parallel, 1);
+  if (options.contextSize !== undefined)
+    checkInt(op, 'options.contextSize', options.contextSize, 2);
+  if (options.batchSize !== undefined) checkInt(op, 'options.batchSize', options.batchSize, 1);
+  if (options.ignoreEos !== undefined && options.ignoreEos !== true)
+    throw invalidArg(
+      op,
+      'options.ignoreEos',
+      'true (generation always ignores EOS)',
+      options.ignoreEos,
+    );
+  if (
+    options.deadlineMs !== undefined &&
+    !(typeof options.deadlineMs === 'number' && options.deadlineMs > 0)
+  )
+    throw invalidArg(op, 'options.deadlineMs', 'a positive number', options.deadlineMs);
+  return requests.map((r, i) => {
+    const at = `requests[${i}]`;
+    if (typeof r !== 'object' || r === null) throw invalidArg(op, at, 'a request object', r);
+    const prompt: number[] = Array.from<number>(r.prompt ?? []);
+    if (prompt.length === 0)
+      throw invalidArg(op, `${at}.prompt`, 'a non-empty token list', r.prompt);
+    for (const t of prompt)
+      if (!Number.isInteger(t) || t < 0) throw invalidArg(op, `${at}.prompt`, 'token ids >= 0', t);
+    const maxTokens = checkInt(op, `${at}.maxTokens`, r.maxTokens, 1);
+    const arrivalMs = r.arrivalMs ?? 0;
+    if (typeof arrivalMs !== 'number' || !Number.isFinite(arrivalMs) || arrivalMs < 0)
+      throw invalidArg(op, `${at}.arrivalMs`, 'a finite number >= 0', r.arrivalMs);
+    return { index: i, prompt, maxTokens, arrivalMs };
+  });
+}
+
+/**
+ * Counts llama_decode calls by wrapping node-llama-cpp's native context (`_ctx`, internal in
+ * 3.22.1): every decode starts with initBatch(nTokens). Calls are forwarded to the real
+ * object, so the cost is one Map lookup per native call. Not attached for models that take KV
+ * checkpoints (SWA/recurrent), which hand `_ctx` itself to native code.
+ */
+function attachDecodeCounter(
+  context: Any,
+  seq: Any,
+): { calls: number; tokens: number } | undefined {
+  const raw = context?._ctx;
+  if (!raw || typeof raw.initBatch !== 'function' || seq?.needsCheckpoints !== false) return;
+  const stats = { calls: 0, tokens: 0 };
+  const bound = new Map<PropertyKey, unknown>();
+  context._ctx = new Proxy(raw, {
+    get(target, key) {
+      const v = target[key];
+      if (typeof v !== 'function') return v;
+      let f = bound.get(key);
+      if (!f) {
+        f =
+          key === 'initBatch'
+            ? (n: number) => {
+                stats.calls++;
+                stats.tokens += n;
+                return v.call(target, n);
+              }
+            : v.bind(target);
+        bound.set(key, f);
+      }
+      return f;
+    },
+  });
+  return stats;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, Math.max(0, ms)));
+
+interface Slot {
+  seq: Any;
+  gen: AsyncGenerator<number, void, unknown> | undefined;
+  job: ServeJob | undefined;
+  startMs: number;
+  tokens: number[];
+  times: number[];
+}
+
+/**
+ * Serves the jobs on a fresh context of `model` (disposed before returning).
+ *
+ * A lockstep loop stands in for llama-server's slot loop: each tick hands free sequences the
+ * requests that have arrived (FIFO), then calls next() on every active sequence's evaluate()
+ * generator in the same synchronous pass. node-llama-cpp queues each sequence's tokens and its
+ * dispatcher sends everything queued as one llama_decode, so every decode carries all active
+ * sequences (a newcomer's prompt rides along with the others' single tokens). Letting each
+ * sequence run its own `for await` loop instead splits the batches: its dispatch loop picks up
+ * whatever sequences have re-queued by the time it looks, e.g. 3 + 1 at parallel 4 (171
+ * llama_decode calls for 128 ticks on stories260K).
+ */
+async function serveOnModel(
+  model: Any,
+  jobs: ServeJob[],
+  options: Omit<LlamaCppServeOptions, 'threads'>,
+  threads: number,
+): Promise<LlamaCppServeResult> {
+  const op = 'serveLlamaCpp';
+  const parallel = options.parallel;
+  const tokensMeta = model.fileInfo?.metadata?.tokenizer?.ggml?.tokens;
+  const vocabSize: number = Array.isArray(tokensMeta) ? tokensMeta.length : 0;
+  if (vocabSize > 0)
+    for (const j of jobs)
+      for (const t of j.prompt)
+        if (t >= vocabSize)
+          throw invalidArg(op, `requests[${j.index}].prompt`, `token ids in [0, ${vocabSize})`, t);
+  // The sequence refuses to go past contextSize - 1 cells (it would shift the context), and it
+  // evaluates the prompt plus all generated tokens but the last.
+  const need = Math.max(...jobs.map((j) => j.prompt.length + j.maxTokens)) + 1;
+  const contextSize = options.contextSize ?? need;
+  if (contextSize < need)
+    throw invalidArg(
+      op,
+      'options.contextSize',
+      `at least ${need} (longest prompt + maxTokens + 1)`,
+      contextSize,
+    );
+  const batchSize = Math.min(options.batchSize ?? 512, contextSize * parallel);
+
+  const context: Any = await model.createContext({
+    contextSize,
+    batchSize,
+    sequences: parallel,
+    flashAttention: options.flashAttention ?? false,
+    threads: { ideal: threads, min: threads },
+  });
+  try {
+    const slots: Slot[] = [];
+    for (let i = 0; i < parallel; i++)
+      slots.push({
+        seq: context.getSequence(),
+        gen: undefined,
+        job: undefined,
+        startMs: 0,
+        tokens: [],
+        times: [],
+      });
+    const counter = attachDecodeCounter(context, slots[0].seq);
+    const evalOptions = { temperature: 0, yieldEogToken: true };
+    const noToken = (): KernelError =>
+      new KernelError('llama.cpp stopped generating before maxTokens', { code: 'E_BACKEND', op });
+
+    if (options.warmup ?? true) {
+      // One untimed tick on every sequence: first-use costs (graph allocation, thread start,
+      // page faults) out of the timed run.
+      const first = jobs[0].prompt[0];
+      const gens = slots.map((s) => s.seq.evaluate([first], evalOptions) as AsyncGenerator<number>);
+      for (let k = 0; k < 2; k++) await Promise.all(gens.map((g) => g.next()));
+      await Promise.all(gens.map((g) => g.return(undefined)));
+      await Promise.all(slots.map((s) => s.seq.clearHistory()));
+    }
+    if (counter) counter.calls = counter.tokens = 0;
+
+    const order = [...jobs].sort((a, b) => a.arrivalMs - b.arrivalMs || a.index - b.index);
+    const results: LlamaCppServeRequestResult[] = jobs.map((j) => ({
+      ttftMs: NaN,
+      tpotMs: NaN,
+      itlMs: [],
+      queueMs: NaN,
+      promptTokens: j.prompt.length,
+      outputTokens: 0,
+      tokens: new Int32Array(0),
+      arrivalMs: j.arrivalMs,
+      startMs: NaN,
+      endMs: NaN,
+    }));
+    const record = (s: Slot): void => {
+      const j = s.job!;
+      const n = s.tokens.length;
+      const itl: number[] = [];
+      for (let i = 1; i < n; i++) itl.push(s.times[i] - s.times[i - 1]);
+      results[j.index] = {
+        ttftMs: n ? s.times[0] - j.arrivalMs : NaN,
+        tpotMs: n > 1 ? (s.times[n - 1] - s.times[0]) / (n - 1) : n ? 0 : NaN,
+        itlMs: itl,
+        queueMs: s.startMs - j.arrivalMs,
+        promptTokens: j.prompt.length,
+        outputTokens: n,
+        tokens: Int32Array.from(s.tokens),
+        arrivalMs: j.arrivalMs,
+        startMs: s.startMs,
+        endMs: n ? s.times[n - 1] : NaN,
+      };
+    };
+
+    let next = 0;
+    let finished = 0;
+    let ticks = 0;
+    let completed = true;
+    let lastMs = 0;
+    const t0 = performance.now();
+    const clock = (): number => performance.now() - t0;
+    try {
+      while (finished < jobs.length) {
+        const now = clock();
+        if (options.deadlineMs !== undefined && now > options.deadlineMs) {
+          completed = false;
+          break;
+        }
+        const fresh: Slot[] = [];
+        for (const s of slots) {
+          if (s.job || next >= order.length || order[next].arrivalMs > now) continue;
+          s.job = order[next++];
+          s.startMs = now;
+          s.tokens = [];
+          s.times = [];
+          fresh.push(s);
+        }
+        const active = slots.filter((s) => s.job);
+        if (active.length === 0) {
+          // idle: nothing running, the next request is still to come
+          await sleep(order[next].arrivalMs - now);
+          continue;
+        }
+        if (fresh.length) {
+          await Promise.all(fresh.map((s) => s.seq.clearHistory()));
+          for (const s of fresh) s.gen = s.seq.evaluate(s.job!.prompt, evalOptions);
+        }
+        // All next() calls in one synchronous pass: their decodes are queued before
+        // node-llama-cpp's dispatcher runs, so they go out as one llama_decode.
+        await Promise.all(
+          active.map((s) =>
+            s.gen!.next().then((r) => {
+              if (r.done) throw noToken();
+              s.times.push(clock());
+              s.tokens.push(r.value);
+            }),
+          ),
+        );
+        ticks++;
+        const done = active.filter((s) => s.tokens.length >= s.job!.maxTokens);
+        if (done.length) {
+          await Promise.all(done.map((s) => s.gen!.return(undefined)));
+          for (const s of done) {
+            record(s);
+            lastMs = Math.max(lastMs, s.times[s.times.length - 1]);
+            s.job = s.gen = undefined;
+            finished++;
+          }
+        }
+      }
+    } finally {
+      // unfinished requests (deadline or error): close their generators, keep partial figures
+      for (const s of slots)
+        if (s.job) {
+          await s.gen?.return(undefined);
+          record(s);
+          if (s.times.length) lastMs = Math.max(lastMs, s.times[s.times.length - 1]);
+        }
+    }
+    const wallMs = completed ? lastMs : clock();
+    const outputTokens = results.reduce((a, r) => a + r.outputTokens, 0);
+    return {
+      threads,
+      parallel,
+      wallMs,
+      outputTokens,
+      promptTokens: results.reduce((a, r) => a + r.promptTokens, 0),
+      tokensPerS: wallMs > 0 ? (outputTokens * 1000) / wallMs : 0,
+      requests: results,
+      completed,
+      ticks,
+      decodeCalls: counter?.calls,
+      decodedTokens: counter?.tokens,
+      contextSize: context.contextSize,
+      batchSize: context.batchSize,
+    };
+  } finally {
+    await context.dispose();
+  }
+}
+
+async function loadServeModel(modelPath: string): Promise<Any> {
+  const { llama } = await loadLlama();
+  return llama.loadModel({ modelPath: path.resolve(modelPath), gpuLayers: 0 });
+}
+
+/**
+ * Serves `requests` with llama.cpp (node-llama-cpp) on `parallel` sequences of one context:
+ * greedy (temperature 0), exactly maxTokens tokens each, arrivals honoured, every llama_decode
+ * carrying all active sequences. Loads the model, serves, and disposes of both.
+ */
+export async function serveLlamaCpp(
+  requests: LlamaCppServeRequest[],
+  options: LlamaCppServeOptions,
+): Promise<LlamaCppServeResult> {
+  const op = 'serveLlamaCpp';
+  const jobs = checkServe(op, requests, options);
+  const threads = checkInt(op, 'options.threads', options.threads, 1);
+  const model = await loadServeModel(options.modelPath);
+  try {
+    return await serveOnModel(model, jobs, options, threads);
+  } finally {
+    await model.dispose();
+  }
+}
+
+export interface LlamaCppBestServe {
+  /** The run with the highest tokensPerS. */
+  best: LlamaCppServeResult;
+  /** One per thread count, in the order run. */
+  runs: LlamaCppServeResult[];
+}
+
+/**
+ * serveLlamaCpp at several thread counts (default 1 and 2), the model loaded once; returns the
+ * best by tokensPerS. Every run produces the same number of tokens, so a run that has gone on
+ * longer than the best so far cannot win: it is stopped at twice that wall time
+ * (completed: false) instead of letting a pathological thread count (the prebuilt binary at 2
+ * threads on 2 busy vCPUs can be 20x slower) take minutes.
+ */
+export async function bestServeLlamaCpp(
+  requests: LlamaCppServeRequest[],
+  options: Omit<LlamaCppServeOptions, 'threads'> & { threads?: number[] },
+): Promise<LlamaCppBestServe> {
+  const op = 'bestServeLlamaCpp';
+  const jobs = checkServe(op, requests, options);
+  const list = options.threads ?? [1, Math.min(2, os.availableParallelism())];
+  if (!Array.isArray(list) || list.length === 0)
+    throw invalidArg(op, 'options.threads', 'a non-empty array of thread counts', list);
+  list.forEach((t) => checkInt(op, 'options.threads', t, 1));
+  const model = await loadServeModel(options.modelPath);
+  try {
+    const runs: LlamaCppServeResult[] = [];
+    let best: LlamaCppServeResult | undefined;
+    for (const t of [...new Set(list)]) {
+      const cut = best?.completed ? 2 * best.wallMs : undefined;
+      const deadlineMs =
+        cut === undefined ? options.deadlineMs : Math.min(cut, options.deadlineMs ?? Infinity);
+      const r = await serveOnModel(model, jobs, { ...options, deadlineMs }, t);
+      runs.push(r);
+      if (
+        !best ||
+        (r.completed && !best.completed) ||
+        (r.completed === best.completed && r.tokensPerS > best.tokensPerS)
+      )
+        best = r;
+    }
+    return { best: best!, runs };
+  } finally {
+    await model.dispose();
+  }
+}

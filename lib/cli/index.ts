@@ -16,6 +16,7 @@ import { makeReport, measureMachine, printReport, writeJson } from '../bench/com
 import { runMain } from '../bench/main';
 import { GEMM_FORMATS, runGemm } from '../bench/gemm';
 import { runAttention } from '../bench/attention';
+import { runServe, ServeScenario } from '../bench/serve';
 
 const SUITES = ['main', 'gemm', 'attention', 'e2e', 'serve'] as const;
 
@@ -66,8 +67,10 @@ export function main(argv: string[]): void {
     )
     .option('--batches <list>', 'gemm: comma-separated batch sizes M')
     .option('--shapes <list>', 'gemm: comma-separated NxK shapes')
-    .option('--model <file>', 'e2e: a GGUF model (default: a generated ~1B Q4_0 Llama)')
-    .option('--no-llama', 'e2e: do not measure llama.cpp')
+    .option('--model <file>', 'e2e, serve: a GGUF model (default: a generated ~1B Q4_0 Llama)')
+    .option('--no-llama', 'e2e, serve: do not measure llama.cpp')
+    .option('--scenarios <list>', 'serve: comma-separated scenarios (decode, mixed, copy)')
+    .option('--concurrency <n>', 'serve: concurrent requests of the decode and mixed scenarios')
     .option('--native-llama', "e2e: also run llama.cpp's own llama-bench (native build)")
     .action(
       async (
@@ -84,17 +87,12 @@ export function main(argv: string[]): void {
           model?: string;
           llama?: boolean;
           nativeLlama?: boolean;
+          scenarios?: string;
+          concurrency?: string;
         },
       ) => {
         if (!(SUITES as readonly string[]).includes(suite)) {
           console.error(`Unknown suite '${suite}'. Expected one of: ${SUITES.join(', ')}`);
-          process.exitCode = 2;
-          return;
-        }
-        if (suite === 'serve') {
-          console.error(
-            `Suite '${suite}' is not implemented yet in this version. Available now: main, gemm, attention, e2e`,
-          );
           process.exitCode = 2;
           return;
         }
@@ -116,15 +114,23 @@ export function main(argv: string[]): void {
               })
             : suite === 'attention'
               ? await runAttention(rt, machine, { repeats, quick: o.quick })
-              : suite === 'e2e'
-                ? await runE2e(rt, machine, {
-                    repeats: o.repeats === '7' ? 5 : repeats,
+              : suite === 'serve'
+                ? await runServe(rt, machine, {
                     quick: o.quick,
                     model: o.model,
                     noLlama: o.llama === false,
-                    nativeLlama: o.nativeLlama,
+                    scenarios: list(o.scenarios) as ServeScenario[] | undefined,
+                    concurrency: o.concurrency ? Number(o.concurrency) : undefined,
                   })
-                : await runMain(rt, machine, { repeats, quick: o.quick });
+                : suite === 'e2e'
+                  ? await runE2e(rt, machine, {
+                      repeats: o.repeats === '7' ? 5 : repeats,
+                      quick: o.quick,
+                      model: o.model,
+                      noLlama: o.llama === false,
+                      nativeLlama: o.nativeLlama,
+                    })
+                  : await runMain(rt, machine, { repeats, quick: o.quick });
         const report = makeReport(machine, results);
         printReport(report);
         if (o.json) {

@@ -43,6 +43,30 @@ export interface SyntheticModelSpec {
   seed: number;
   /** Amplitude of the attention/FFN weights relative to 1/sqrt(K). Default 1. */
   gain?: number;
+  /**
+   * A "copying" head: output.weight row v is token_embd row π⁻¹(v) (π = copyPermutation(spec)),
+   * so the logits favour π(current token) and greedy decoding walks π's orbit. Random weights
+   * never reproduce earlier text; this gives benchmarks a model whose continuation can be
+   * quoted in the prompt (copy-heavy traffic for n-gram speculation). Not with `tied`.
+   */
+  copyHead?: boolean;
+}
+
+/** The token permutation a copyHead model follows (seeded Fisher-Yates over the vocabulary). */
+export function copyPermutation(spec: SyntheticModelSpec): Int32Array {
+  const n = spec.vocab;
+  const pi = Int32Array.from({ length: n }, (_, i) => i);
+  let x = hashSeed(spec.seed, 'copy-permutation');
+  for (let i = n - 1; i > 0; i--) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    const j = (x >>> 0) % (i + 1);
+    const t = pi[i];
+    pi[i] = pi[j];
+    pi[j] = t;
+  }
+  return pi;
 }
 
 const TYPE_IDS: Record<SyntheticWeightType, number> = {
@@ -103,6 +127,7 @@ export function validateSpec(s: SyntheticModelSpec): void {
   if (s.dim % s.heads !== 0) throw invalidArg(op, 'spec.dim', `a multiple of heads`, s.dim);
   if (!(s.type in TYPE_IDS))
     throw invalidArg(op, 'spec.type', Object.keys(TYPE_IDS).join(', '), s.type);
+  if (s.copyHead && s.tied) throw invalidArg(op, 'spec.copyHead', 'false with tied', true);
   if ((s.experts ?? 0) > 0 && !((s.expertsUsed ?? 0) >= 1 && s.expertsUsed! <= s.experts!))
     throw invalidArg(op, 'spec.expertsUsed', `an integer in [1, ${s.experts}]`, s.expertsUsed);
 }
@@ -190,7 +215,27 @@ export function syntheticModel(spec: SyntheticModelSpec): {
     }
   }
   norm('output_norm.weight');
-  if (!s.tied) mat('output.weight', s.vocab, s.dim, s.outputType ?? s.type, amp(s.dim) * 4);
+  if (s.copyHead) {
+    const type = TYPE_IDS[s.outputType ?? s.type];
+    tensors.push({
+      name: 'output.weight',
+      type,
+      dims: [s.dim, s.vocab],
+      data: () => {
+        // The embedding's float values (before its own quantization), rows permuted.
+        const e = uniform(s.vocab * s.dim, hashSeed(seed, 'token_embd.weight'), 1);
+        const pi = copyPermutation(s);
+        const w = new Float32Array(s.vocab * s.dim);
+        const c = amp(s.dim) * 4;
+        for (let v = 0; v < s.vocab; v++) {
+          const src = pi[v]; // row π(v) of the head reads embedding row v: logit π(v) ∝ e_v · h
+          const row = e.subarray(v * s.dim, (v + 1) * s.dim);
+          for (let i = 0; i < s.dim; i++) w[src * s.dim + i] = row[i] * c;
+        }
+        return encodeGgml(type, w, s.vocab, s.dim);
+      },
+    });
+  } else if (!s.tied) mat('output.weight', s.vocab, s.dim, s.outputType ?? s.type, amp(s.dim) * 4);
   return { metadata, tensors };
 }
 
