@@ -108,9 +108,24 @@ export class DraftProposer {
     const drafts = active.map((a) => new Int32Array(a.k));
     for (let step = 0; step < this.k && active.length > 0; step++) {
       // Step 0 computes each sequence's uncommitted tokens; later steps feed the last draft.
-      const live = active.filter((a) => a.k > step);
-      if (step > 0)
-        for (const a of live) bm.append(a.st.seq!, [drafts[active.indexOf(a)][step - 1]]);
+      // A request released while a draft step ran (aborted, engine disposed) drops out: its
+      // draft sequence is gone.
+      let live = active.filter((a) => a.k > step && this.state.get(a.req) === a.st);
+      if (step > 0) {
+        for (const a of live) {
+          try {
+            bm.append(a.st.seq!, [drafts[active.indexOf(a)][step - 1]]);
+          } catch (e) {
+            // The draft pool mirrors the target's tokens plus up to k - 1 drafts per request,
+            // so it can run out when the target's pool is full: this request stops drafting
+            // here (keeping its drafts so far) instead of failing the round for everyone.
+            if (!(e instanceof KernelError && e.code === 'E_KV_EXHAUSTED')) throw e;
+            a.k = step;
+          }
+        }
+        live = live.filter((a) => a.k > step);
+      }
+      if (live.length === 0) break;
       // Others that stopped drafting keep no uncommitted tokens (they were not appended).
       const table = buildPageTable(
         bm,
@@ -141,7 +156,8 @@ export class DraftProposer {
         drafts[active.indexOf(a)][step] = d;
       }
     }
-    for (let i = 0; i < active.length; i++) active[i].st.drafts = drafts[i];
+    for (let i = 0; i < active.length; i++)
+      active[i].st.drafts = drafts[i].subarray(0, active[i].k);
   }
 
   /** The drafts prepared for `req` (at most `max`). */

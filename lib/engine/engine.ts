@@ -42,7 +42,7 @@ export interface EngineOptions extends KvSizing {
   maxBatchTokens?: number;
   /** Requests holding KV at once. Default 64. */
   maxRunning?: number;
-  /** Requests waiting beyond which generate() refuses (E_QUEUE_FULL is E_KV_EXHAUSTED's kin: E_INVALID_ARG). Default unlimited. */
+  /** Requests waiting beyond which generate() refuses (throws E_KV_EXHAUSTED, arg 'request'). Default unlimited. */
   maxQueued?: number;
   /** Automatic prefix caching. Default true. */
   prefixCaching?: boolean;
@@ -390,11 +390,31 @@ export class Engine extends EventEmitter {
 
   private kick(): void {
     if (this.loopRunning || this.disposed) return;
-    this.loopRunning = this.loop().then((stalled) => {
-      this.loopRunning = undefined;
-      // Work that arrived as the loop ended (not a stall: that waits for the next generate()).
-      if (!stalled && this.scheduler.hasWork && !this.disposed) this.kick();
-    });
+    this.loopRunning = this.loop().then(
+      (stalled) => {
+        this.loopRunning = undefined;
+        // Work that arrived as the loop ended (not a stall: that waits for the next generate()).
+        if (!stalled && this.scheduler.hasWork && !this.disposed) this.kick();
+      },
+      (e: unknown) => {
+        // A bug, not a request's fault: fail everything rather than hang every caller.
+        this.loopRunning = undefined;
+        const err = new KernelError(`The engine loop failed: ${(e as Error)?.message ?? e}`, {
+          code: 'E_INTERNAL',
+          op: 'Engine.generate',
+        });
+        for (const l of [...this.live.values()]) this.abort(l, err, 'failed');
+      },
+    );
+  }
+
+  /** emit() that a throwing listener cannot break: its error becomes a process warning. */
+  private notify(event: string, arg: unknown): void {
+    try {
+      this.emit(event, arg);
+    } catch (e) {
+      process.emitWarning(`A '${event}' listener of the engine threw: ${(e as Error)?.stack ?? e}`);
+    }
   }
 
   /** Runs steps while there is work; true when it stopped because nothing could be scheduled. */
@@ -407,7 +427,7 @@ export class Engine extends EventEmitter {
           await this.draft.prepare(this.scheduler.running);
         } catch (e) {
           this.draft.reset();
-          this.emit('draftError', e);
+          this.notify('draftError', e);
         }
         if (this.disposed) break;
       }
@@ -417,7 +437,7 @@ export class Engine extends EventEmitter {
         this.draft?.release(r);
         const l = this.live.get(r);
         if (l) l.status = 'waiting';
-        this.emit('preempt', { id: r.id });
+        this.notify('preempt', { id: r.id });
       }
       const t0 = performance.now();
       let logits: Float32Array;
@@ -428,7 +448,7 @@ export class Engine extends EventEmitter {
           const l = this.live.get(en.req);
           if (l) this.abort(l, e as Error, 'failed');
         }
-        this.emit('stepError', e);
+        this.notify('stepError', e);
         continue;
       }
       this.process(plan, logits);
@@ -441,7 +461,7 @@ export class Engine extends EventEmitter {
         preempted: plan.preempted.length,
         ms: performance.now() - t0,
       };
-      this.emit('step', info);
+      this.notify('step', info);
     }
     return false;
   }
@@ -546,7 +566,7 @@ export class Engine extends EventEmitter {
     if (l.signal && l.onAbort) l.signal.removeEventListener('abort', l.onAbort);
     this.counters.finished++;
     l.chan.close();
-    this.emit('finish', this.metricsOf(l));
+    this.notify('finish', this.metricsOf(l));
   }
 
   /** Abort (err: the iteration rejects with it) or cancel (err undefined: the consumer left). */
@@ -556,8 +576,10 @@ export class Engine extends EventEmitter {
     status: RequestMetrics['status'] = 'aborted',
   ): void {
     if (!this.live.has(l.sched)) return;
-    this.finish(l, status);
+    // Fail before finish: finish closes the channel, which would resolve a pending next() as
+    // a normal end ({ done: true }) instead of rejecting it with err.
     if (err) l.chan.fail(err);
+    this.finish(l, status);
   }
 
   private metricsOf(l: Live): RequestMetrics {

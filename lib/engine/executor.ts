@@ -75,7 +75,7 @@ export class ModelExecutor implements Executor {
   }
 
   async execute(input: ExecuteInput): Promise<Float32Array> {
-    const t = await this.model.llama.forward({ ...input, cache: this.cache });
+    const t = await this.model.llama.forward({ ...input, cache: this.cache, batchInvariant: true });
     try {
       return (await t.read()) as Float32Array;
     } finally {

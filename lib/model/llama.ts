@@ -84,6 +84,12 @@ export interface ForwardStep {
   logitRows?: Int32Array;
   /** KV pool the table indexes (createCache()). Default: the model's own pool. */
   cache?: KvCache;
+  /**
+   * Compute every row exactly as it would be computed in any other batch: no split-KV (whose
+   * partition depends on the batch, and whose merge changes the summation order). The engine
+   * sets it so a request's tokens never depend on its batch-mates. Default false.
+   */
+  batchInvariant?: boolean;
 }
 
 export interface LlamaOptions {
@@ -399,7 +405,10 @@ export class LlamaModel {
     const temps: Tensor[] = [pos, slots];
     try {
       if (table.copies.length > 0) kvCopyBlocks(cache, table.copies, s);
-      const plan = planAttention(cache, table, { qHeads: c.heads });
+      const plan = planAttention(cache, table, {
+        qHeads: c.heads,
+        splitTokens: step.batchInvariant ? 1 << 30 : undefined,
+      });
       const ropeOpts = {
         ...s,
         rotaryDim: c.ropeDim,

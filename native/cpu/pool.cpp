@@ -18,6 +18,8 @@ namespace ty::cpu {
 static constexpr int kSpinIters = 20000;
 // Then it yields this many times (letting a descheduled thread run) before it parks.
 static constexpr int kYieldIters = 64;
+static constexpr uint64_t kClosed = 1ull << 31;
+static constexpr uint64_t kActive = kClosed - 1;
 
 ThreadPool::ThreadPool(int threads) : n_(threads < 1 ? 1 : threads), scratch_(n_) {
   workers_.reserve(n_ - 1);
@@ -58,8 +60,18 @@ void ThreadPool::worker(int id) {
     }
     seen = g;
     if (stop_.load()) return;
+    // Join job g unless the caller already closed it (it then ran every task itself).
+    uint64_t st = state_.load(std::memory_order_acquire);
+    bool joined = false;
+    while ((st >> 32) == (g & 0xffffffffu) && !(st & kClosed)) {
+      if (state_.compare_exchange_weak(st, st + 1, std::memory_order_acq_rel)) {
+        joined = true;
+        break;
+      }
+    }
+    if (!joined) continue;
     work(id);
-    pending_.fetch_sub(1, std::memory_order_release);
+    state_.fetch_sub(1, std::memory_order_release);
   }
 }
 
@@ -74,7 +86,8 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
   ctx_ = ctx;
   n_tasks_ = n_tasks;
   next_.store(0, std::memory_order_relaxed);
-  pending_.store(n_ - 1, std::memory_order_relaxed);
+  const uint64_t g = gen_.load(std::memory_order_relaxed) + 1;
+  state_.store((g & 0xffffffffu) << 32, std::memory_order_relaxed);
   {
     // Publishing under the park mutex closes the lost-wake-up window for parked workers.
     std::lock_guard<std::mutex> lk(park_mu_);
@@ -82,10 +95,10 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
   }
   if (parked_.load() > 0) park_cv_.notify_all();
   work(0);
-  // Spin briefly, then yield: when the machine is oversubscribed (other processes, or the
-  // JS thread and the stream thread sharing the cores) a worker may be descheduled, and a
-  // pure spin would burn the rest of our time slice waiting for it.
-  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0;) {
+  // Every task is claimed: close the job so late workers skip it, then wait for those inside
+  // (each finishing one task). Spin briefly, then yield: a worker inside may be descheduled.
+  state_.fetch_or(kClosed, std::memory_order_acq_rel);
+  for (int spins = 0; (state_.load(std::memory_order_acquire) & kActive) != 0;) {
     if (++spins < kSpinIters) TY_PAUSE();
     else std::this_thread::yield();
   }

@@ -4,7 +4,11 @@
 // generation counter; workers spin on it for a short while (cheap wake-up between the
 // back-to-back kernels of a forward pass) and then park on a condition variable so an
 // idle runtime burns no CPU. Tasks are claimed from an atomic counter (dynamic
-// scheduling), and completion is an atomic countdown the caller spins on.
+// scheduling). Workers join a job explicitly, and the caller closes the job once the task
+// counter is exhausted: it then waits only for workers that joined (and are finishing a
+// task), never for one that is descheduled and has not started. On an oversubscribed
+// machine (other processes, the JS thread) that turns a wait of a whole time slice per
+// kernel into none.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -41,7 +45,8 @@ class ThreadPool final : public Parallel {
   void* ctx_ = nullptr;
   int64_t n_tasks_ = 0;
   alignas(64) std::atomic<int64_t> next_{0};
-  alignas(64) std::atomic<int> pending_{0};  // workers still inside the current job
+  // (job generation << 32) | closed bit (1 << 31) | workers inside the job (low 31 bits).
+  alignas(64) std::atomic<uint64_t> state_{0};
   alignas(64) std::atomic<uint64_t> gen_{0};
   std::atomic<bool> stop_{false};
 
