@@ -502,6 +502,24 @@ describe('admission control and arguments', () => {
     await engine.dispose();
   });
 
+  test('a throwing event listener becomes a warning; serving goes on', async () => {
+    const { engine, executor } = mockEngine({}, { maxBatchTokens: 16 });
+    const warn = jest.spyOn(process, 'emitWarning').mockImplementation(() => undefined);
+    engine.on('step', () => {
+      throw new Error('listener bug');
+    });
+    const prompt = [3, 4, 5, 6];
+    try {
+      const { tokens } = await collect(engine.generate({ prompt, maxTokens: 5, temperature: 0 }));
+      expect(tokens).toEqual(referenceGreedy('hash', V, prompt, 5));
+      expect(warn.mock.calls.some((c) => String(c[0]).includes('listener bug'))).toBe(true);
+    } finally {
+      warn.mockRestore();
+    }
+    expectClean(engine, executor);
+    await engine.dispose();
+  });
+
   test('dispose settles everything in flight with E_DISPOSED; generate after dispose throws', async () => {
     const { engine, executor } = mockEngine({ delayMs: 2 }, { maxBatchTokens: 8, maxRunning: 2 });
     const r = rng(13);
