@@ -225,17 +225,7 @@ export async function runAlone(make: () => Engine, req: EngineRequest): Promise<
   }
 }
 
-/** A seeded mulberry32 stream. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = imul(t ^ (t >>> 15), t | 1);
-    t ^= t + imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from './helpers';
 
 export function randomTokens(r: () => number, n: number, V: number): number[] {
   const out: number[] = [];
