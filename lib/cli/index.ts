@@ -71,6 +71,7 @@ export function main(argv: string[]): void {
     .option('--no-llama', 'e2e, serve: do not measure llama.cpp')
     .option('--scenarios <list>', 'serve: comma-separated scenarios (decode, mixed, copy)')
     .option('--concurrency <n>', 'serve: concurrent requests of the decode and mixed scenarios')
+    .option('--rate <r>', 'serve: Poisson arrival rate of the mixed scenario (requests/s)')
     .option('--native-llama', "e2e: also run llama.cpp's own llama-bench (native build)")
     .action(
       async (
@@ -89,6 +90,7 @@ export function main(argv: string[]): void {
           nativeLlama?: boolean;
           scenarios?: string;
           concurrency?: string;
+          rate?: string;
         },
       ) => {
         if (!(SUITES as readonly string[]).includes(suite)) {
@@ -121,6 +123,7 @@ export function main(argv: string[]): void {
                     noLlama: o.llama === false,
                     scenarios: list(o.scenarios) as ServeScenario[] | undefined,
                     concurrency: o.concurrency ? Number(o.concurrency) : undefined,
+                    rate: o.rate ? Number(o.rate) : undefined,
                   })
                 : suite === 'e2e'
                   ? await runE2e(rt, machine, {
