@@ -324,7 +324,9 @@ export async function runServe(
         itlP50Ms: percentile(itl, 50),
         itlP99Ms: percentile(itl, 99),
         goodputRps: good / (r.wallMs / 1e3),
-        aggregateDecodeTokensPerS: aggregateDecode,
+        // Meaningful where every request decodes through the whole run (the decode scenario).
+        aggregateDecodeTokensPerS:
+          scenario === 'decode' && mode !== 'sequential' ? aggregateDecode : undefined,
         slo: { ttftMs: sloTtft, tpotMs: sloTpot },
         promptTokens: r.promptTokens,
         outputTokens: r.outputTokens,
