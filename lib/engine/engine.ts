@@ -127,7 +127,6 @@ interface Live {
   sched: SchedRequest;
   sampler: Sampler;
   sampling: SamplingOptions;
-  ignoreEos: boolean;
   out: OutputStream;
   chan: Channel;
   arrivalMs: number;
@@ -312,7 +311,6 @@ export class Engine extends EventEmitter {
       sched,
       sampler,
       sampling,
-      ignoreEos: request.ignoreEos ?? false,
       out,
       chan: new Channel(() => this.abort(live, undefined)),
       arrivalMs: performance.now(),
@@ -513,12 +511,9 @@ export class Engine extends EventEmitter {
     }
   }
 
-  /** Whether the tokens so far would end the request (eos / length), checked without emitting. */
+  /** Whether the step's tokens so far would end the request (EOS or length), before emitting. */
   private wouldFinish(l: Live, emitted: SampledToken[]): boolean {
-    const n = l.sched.numOutputs + emitted.length;
-    if (n >= l.sched.maxLength - l.sched.promptLength) return true;
-    const last = emitted[emitted.length - 1].token;
-    return !l.ignoreEos && this.model.tokenizer !== undefined && this.model.tokenizer.isEog(last);
+    return l.out.endsWith(emitted[emitted.length - 1].token, emitted.length);
   }
 
   /** The acceptance test for draft j (see speculative.ts). */

@@ -48,6 +48,18 @@ export class OutputStream {
     return this.finished;
   }
 
+  /**
+   * Whether `token`, pushed as the `ahead`-th token from now (1 = the next), would end the
+   * request by EOS or length. Stop strings need the text and are found by push() only. For
+   * speculative verification: stop accepting drafts past the end.
+   */
+  endsWith(token: number, ahead: number): boolean {
+    const o = this.o;
+    if (o.tokenizer && !o.ignoreEos && o.tokenizer.isEog(token)) return true;
+    const n = this.count + ahead;
+    return n >= o.maxTokens || o.promptLength + n >= o.maxLength;
+  }
+
   /** The chunk for the next sampled token (with finishReason when it ends the request). */
   push(s: SampledToken): GenerateChunk {
     const o = this.o;

@@ -1,6 +1,7 @@
 // Tests for native/cuemu: PTX wrapper layouts (one-hot against a plain matmul), a tiled f16 GEMM,
 // shuffles, atomics, shared-memory poisoning, and every checker (each must fire). Every kernel test
 // runs under two schedule orders. Build and run: native/tests/cuemu/run.sh
+#include "check.h"
 #include "kernels.cuh"
 
 #include <sys/wait.h>
@@ -15,19 +16,7 @@
 
 using namespace cuemu_test;
 
-static int gFailures = 0, gChecks = 0;
 static bool gVerbose = false;
-
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    ++gChecks;                                                      \
-    if (!(cond)) {                                                  \
-      ++gFailures;                                                  \
-      std::printf("  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                     \
-      std::printf("\n");                                            \
-    }                                                               \
-  } while (0)
 
 static uint16_t f16_bits(float v) { return __half_raw(__float2half_rn(v)).x; }
 static uint32_t f32_bits(float v) {

@@ -5,6 +5,7 @@
 // launch-configuration checks (each must refuse to launch); embedding ids out of range next to
 // PROT_NONE guard pages (must not read out of bounds, must flag the first bad token).
 // Build and run: native/tests/cuemu/ops_run.sh
+#include "check.h"
 #include "../../cuda/kernels/elementwise.cuh"
 #include "../../cuda/kernels/embedding.cuh"
 #include "../../cuda/kernels/gemm_f16.cuh"
@@ -28,18 +29,6 @@
 using namespace ty;
 namespace tc = ty::cuda;
 
-static int gFailures = 0, gChecks = 0;
-
-#define CHECK(cond, ...)                                            \
-  do {                                                              \
-    ++gChecks;                                                      \
-    if (!(cond)) {                                                  \
-      ++gFailures;                                                  \
-      std::printf("  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                     \
-      std::printf("\n");                                            \
-    }                                                               \
-  } while (0)
 
 static const char* dn(DType t) { return dtype_name(t); }
 
