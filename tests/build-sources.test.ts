@@ -25,6 +25,7 @@ test('every listed source exists, and every compiled source on disk is listed', 
     ...sources.cpu_variant,
     ...sources.napi,
     ...sources.cuda,
+    ...sources.cuda_emu,
   ];
   for (const f of listed) expect(fs.existsSync(path.join(root, f))).toBe(true);
   // Sources that belong to the addon: native/{cpu,napi,cuda}; tests, references and
@@ -32,7 +33,8 @@ test('every listed source exists, and every compiled source on disk is listed', 
   const onDisk = [
     ...walk('native/cpu', ['.cpp']).filter((f) => !f.startsWith('native/cpu/ref/')),
     ...walk('native/napi', ['.cpp']),
-    ...walk('native/cuda', ['.cu']),
+    ...walk('native/cuda', ['.cu', '.cpp']),
+    ...walk('native/cuemu', ['.cpp']),
   ];
   const unlisted = onDisk.filter((f) => !listed.includes(f));
   expect(unlisted).toEqual([]);
@@ -65,13 +67,13 @@ test('binding.gyp expands to exactly the JSON lists (evaluated the way gyp does)
 test('CMakeLists.txt reads the same JSON keys and never builds for "native"', () => {
   const cm = fs.readFileSync(path.join(root, 'CMakeLists.txt'), 'utf8');
   expect(cm).toContain('native/sources.json');
-  for (const key of ['core', 'cpu_variant', 'napi', 'cuda'])
+  for (const key of ['core', 'cpu_variant', 'napi', 'cuda', 'cuda_emu'])
     expect(cm).toMatch(new RegExp(`ty_json_list\\(\\w+ ${key}\\)`));
   expect(cm).toMatch(/isa_flags \$\{isa\}/);
   expect(cm).toMatch(/CMAKE_CUDA_ARCHITECTURES 80 89 90/);
   expect(cm).not.toMatch(/march=native|ARCHITECTURES[ "]*native/);
   // No source file is named directly in CMakeLists.txt: the JSON is the only list.
-  expect(cm).not.toMatch(/native\/(cpu|napi|cuda)\/[\w/]+\.(cpp|cu)/);
+  expect(cm).not.toMatch(/native\/(cpu|napi|cuda|cuemu)\/[\w/]+\.(cpp|cu)/);
 });
 
 test('inline asm appears only in PTX wrapper files', () => {

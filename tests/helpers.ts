@@ -13,7 +13,8 @@
  * reference sees exactly what the kernel sees.
  */
 import { FloatDType } from '../lib/runtime/dtype';
-import { detectedIsa, Isa } from '../lib/runtime/runtime';
+import { Backend, detectedIsa, EmuSchedule, Isa } from '../lib/runtime/runtime';
+import { doctor } from '../lib/runtime/doctor';
 import { KernelError } from '../lib/runtime/errors';
 
 // Module-level aliases: in jest's vm sandbox each `Math.x` lookup is slow.
@@ -120,4 +121,34 @@ export function expectKernelError(
   else if (expected) expect(err.message).toMatch(expected);
   expect(err.message.length).toBeGreaterThan(10);
   return err;
+}
+
+/**
+ * The backends the parity suites cover: `cpu`; `cuda-emu` under two schedule orders (forward
+ * and reverse block/thread order, so a kernel that depends on scheduling fails one of them)
+ * when this build has the emulator; and `cuda` when a usable GPU exists. Backends that cannot
+ * run here are reported once, not silently dropped.
+ */
+export interface BackendCase {
+  name: string;
+  backend: Backend;
+  schedule?: EmuSchedule;
+}
+export function backendsToTest(): BackendCase[] {
+  const d = doctor();
+  const has = (n: string) => d.backends.find((b) => b.name === n);
+  const out: BackendCase[] = [{ name: 'cpu', backend: 'cpu' }];
+  const missing: string[] = [];
+  if (has('cuda-emu')?.usable) {
+    out.push({ name: 'cuda-emu/forward', backend: 'cuda-emu', schedule: 'forward' });
+    out.push({ name: 'cuda-emu/reverse', backend: 'cuda-emu', schedule: 'reverse' });
+  } else missing.push(`cuda-emu (${has('cuda-emu')?.reason})`);
+  if (has('cuda')?.usable) out.push({ name: 'cuda', backend: 'cuda' });
+  else missing.push(`cuda (${has('cuda')?.reason})`);
+  const g = globalThis as { __tyBackendsWarned?: boolean };
+  if (missing.length && !g.__tyBackendsWarned) {
+    g.__tyBackendsWarned = true;
+    process.stderr.write(`[tachyon tests] backends NOT RUN here: ${missing.join('; ')}\n`);
+  }
+  return out;
 }

@@ -45,7 +45,7 @@ export function doctor(): DoctorReport {
   const cudaReason = !d.cudaCompiled
     ? 'not compiled into this build (nvcc not found at build time, or TACHYON_CUDA=off)'
     : d.cudaDevices > 0
-      ? `${d.cudaDevices} device(s) found, but the CUDA runtime backend is not implemented yet`
+      ? undefined
       : `no usable device: ${d.cudaReason}`;
   return {
     ...base,
@@ -56,12 +56,22 @@ export function doctor(): DoctorReport {
     isaOverride: override,
     backends: [
       { name: 'cpu', compiled: true, usable: true },
-      { name: 'cuda', compiled: !!d.cudaCompiled, usable: false, reason: cudaReason },
+      {
+        name: 'cuda',
+        compiled: !!d.cudaCompiled,
+        usable: !!d.cudaCompiled && d.cudaDevices > 0,
+        ...(cudaReason ? { reason: cudaReason } : {}),
+      },
       {
         name: 'cuda-emu',
-        compiled: false,
-        usable: false,
-        reason: 'the CUDA emulator backend is not built yet (see the CUDA backend issue)',
+        compiled: !!d.cudaEmuCompiled,
+        usable: !!d.cudaEmuCompiled,
+        ...(d.cudaEmuCompiled
+          ? {}
+          : {
+              reason:
+                'not compiled into this build (the CUDA headers were not found at build time)',
+            }),
       },
     ],
     cudaArchs: archs,

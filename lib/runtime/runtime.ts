@@ -16,9 +16,22 @@ export type Isa = 'scalar' | 'avx2' | 'avx512';
 export const BACKENDS: readonly Backend[] = ['cpu', 'cuda', 'cuda-emu'];
 export const ISAS: readonly Isa[] = ['scalar', 'avx2', 'avx512'];
 
+/** cuemu's order for running blocks and threads: `forward`, `reverse` or `random:SEED`. */
+export type EmuSchedule = 'forward' | 'reverse' | `random:${number}`;
+
 export interface RuntimeOptions {
-  /** Default `cpu`. */
+  /**
+   * Default `cpu`. `cuda` needs a CUDA device (sm_80+) and a build with nvcc. `cuda-emu` runs
+   * the same CUDA kernels on the CPU through Tachyon's emulator of the CUDA execution model
+   * (slow, strict: for testing kernels without a GPU); it needs a build with the CUDA headers.
+   * On both, tensors live in device memory and only the ops with CUDA kernels run (others raise
+   * E_UNSUPPORTED); see `doctor()`.
+   */
   backend?: Backend;
+  /** `cuda`: the device index (default 0). */
+  device?: number;
+  /** `cuda-emu`: the schedule order (default TACHYON_EMU_SCHEDULE, else `forward`). */
+  schedule?: EmuSchedule;
   /** Compute threads. Default: TACHYON_THREADS, else os.availableParallelism(). */
   threads?: number;
   /** CPU kernel variant. Default: TACHYON_ISA, else the best the CPU supports. */
@@ -75,13 +88,21 @@ export class Runtime {
   readonly backend: Backend;
   readonly threads: number;
   readonly isa: Isa;
+  /** The device behind a `cuda` / `cuda-emu` runtime, in words; undefined on `cpu`. */
+  readonly device: string | undefined;
   readonly defaultStream: Stream;
   private _disposed = false;
 
   /** @internal use loadRuntime() */
-  constructor(backend: Backend, threads: number, isa: Isa) {
+  constructor(
+    backend: Backend,
+    threads: number,
+    isa: Isa,
+    deviceOptions: { device?: number; schedule?: string } = {},
+  ) {
     const b = binding();
-    this.native = new b.Runtime(threads, isa);
+    this.native = new b.Runtime(threads, isa, backend, deviceOptions);
+    this.device = this.native.info().device;
     this.backend = backend;
     this.threads = threads;
     this.isa = isa;
@@ -203,22 +224,47 @@ export async function loadRuntime(options: RuntimeOptions = {}): Promise<Runtime
   const backend = options.backend ?? 'cpu';
   if (!BACKENDS.includes(backend))
     throw invalidArg('loadRuntime', 'backend', `one of ${BACKENDS.join(', ')}`, backend);
-  if (backend !== 'cpu') {
-    const d = binding().doctor();
-    const why = !d.cudaCompiled
-      ? 'this build does not include the CUDA backend'
-      : `the CUDA backend is compiled (archs ${d.cudaArchs}) but its runtime is not implemented yet (${d.cudaDevices} device(s); ${d.cudaReason || 'ok'})`;
-    throw new KernelError(`Backend '${backend}' is not usable: ${why}. Use backend: 'cpu'.`, {
-      code: 'E_BACKEND',
-      op: 'loadRuntime',
-      backend,
-      arg: 'backend',
-    });
+  const deviceOptions: { device?: number; schedule?: string } = {};
+  if (options.device !== undefined) {
+    if (backend !== 'cuda')
+      throw invalidArg(
+        'loadRuntime',
+        'device',
+        "no device option unless backend is 'cuda'",
+        options.device,
+      );
+    if (!Number.isInteger(options.device) || options.device < 0)
+      throw invalidArg('loadRuntime', 'device', 'a non-negative integer', options.device);
+    deviceOptions.device = options.device;
+  }
+  const schedule =
+    options.schedule ??
+    (backend === 'cuda-emu' ? process.env.TACHYON_EMU_SCHEDULE || undefined : undefined);
+  if (schedule !== undefined) {
+    if (backend !== 'cuda-emu')
+      throw invalidArg(
+        'loadRuntime',
+        'schedule',
+        "no schedule option unless backend is 'cuda-emu'",
+        schedule,
+      );
+    if (typeof schedule !== 'string' || !/^(forward|reverse|random:\d+)$/.test(schedule))
+      throw invalidArg('loadRuntime', 'schedule', 'forward, reverse or random:SEED', schedule);
+    deviceOptions.schedule = schedule;
   }
   const threads = options.threads ?? envInt('TACHYON_THREADS') ?? os.availableParallelism();
   if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1 || threads > 1024)
     throw invalidArg('loadRuntime', 'threads', 'an integer between 1 and 1024', threads);
   const isa = options.isa ?? (process.env.TACHYON_ISA as Isa | undefined) ?? detectedIsa();
   if (!ISAS.includes(isa)) throw invalidArg('loadRuntime', 'isa', `one of ${ISAS.join(', ')}`, isa);
-  return new Runtime(backend, threads, isa);
+  try {
+    return new Runtime(backend, threads, isa, deviceOptions);
+  } catch (e) {
+    if (e instanceof KernelError && e.code === 'E_BACKEND' && e.op === 'loadRuntime')
+      throw new KernelError(
+        `Backend '${backend}' is not usable: ${e.message}. Use backend: 'cpu'${backend === 'cuda' ? " (or 'cuda-emu' to run the CUDA kernels on the CPU)" : ''}.`,
+        { code: 'E_BACKEND', op: 'loadRuntime', backend, arg: 'backend' },
+      );
+    throw e;
+  }
 }

@@ -63,6 +63,28 @@ std::shared_ptr<Tensor> make_tensor(DType dtype, std::vector<int64_t> shape) {
 
 // ---- ops ----
 
+// Device backends (cuda, cuda-emu): after the same validation, the kernel runs on the runtime's
+// Device from the stream thread. `keep` holds the tensors alive until the launch is queued (on
+// cuda a freed buffer is safe afterwards: cudaFree waits for the device).
+static bool device_enqueue(const Core& rt, Stream& s, const char* op, std::vector<T> keep,
+                           std::function<void(Device&, DeviceStream&)> launch) {
+  if (!rt->device) return false;
+  DeviceStream* ds = s.device();
+  if (!ds) throw Error(Code::INTERNAL, std::string(op) + ": the stream has no device queue", "stream");
+  s.enqueue(op, [rt, keep = std::move(keep), launch = std::move(launch), ds] { launch(*rt->device, *ds); });
+  return true;
+}
+
+// What the device GEMM kernels take (tensor cores): f16/bf16 operands with B stored [N, K].
+static void need_device_gemm(const Core& rt, const T& a, GemmOpts o) {
+  if (a->dtype != DType::f16 && a->dtype != DType::bf16)
+    throw Error(Code::DTYPE, std::string("Expected f16 or bf16 for dtype of a on backend ") + rt->backend() +
+                                 " (the tensor-core GEMM) but received " + dtype_name(a->dtype), "a");
+  if (!o.b_trans)
+    throw Error(Code::UNSUPPORTED, std::string("Expected transB = true (b stored [N, K]) on backend ") + rt->backend() +
+                                       "; b stored [K, N] is not implemented there", "transB");
+}
+
 void op_gemm(const Core& rt, Stream& s, const T& a, const T& b, const T& bias, const T& out, GemmOpts o) {
   need(a, "a"); need(b, "b"); need(out, "out");
   need_float(a, "a"); need_float(out, "out");
@@ -89,9 +111,11 @@ void op_gemm(const Core& rt, Stream& s, const T& a, const T& b, const T& bias, c
     if (bias->numel() != N || bias->shape.size() != 1)
       throw Error(Code::SHAPE, "Expected shape [" + std::to_string(N) + "] for bias but received " + bias->shape_str(), "bias");
   }
+  if (rt->device) need_device_gemm(rt, a, o);
   if (M == 0 || N == 0) return;
   GemmArgs g{a->dtype, out->dtype, M, N, K, a->buf->data, K, b->buf->data, o.b_trans ? K : N, o.b_trans,
              out->buf->data, N, bias ? (const float*)bias->buf->data : nullptr, o.alpha, o.beta};
+  if (device_enqueue(rt, s, "matmul", {a, b, bias, out}, [g](Device& d, DeviceStream& q) { d.gemm(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, gemm);
   s.enqueue("matmul", [rt, a, b, bias, out, g, fn] {
     if (g.K == 0) {
@@ -133,6 +157,7 @@ void op_binary(const Core& rt, Stream& s, BinaryOp op, const T& a, const T& b, c
     throw Error(Code::INVALID_ARG, "Expected out not to alias the broadcast row b (it would be overwritten by row 0's result)", "out");
   if (a->numel() == 0) return;
   BinaryArgs g{op, a->dtype, rows, cols, a->buf->data, b->buf->data, bcast, out->buf->data};
+  if (device_enqueue(rt, s, op == BinaryOp::add ? "add" : "mul", {a, b, out}, [g](Device& d, DeviceStream& q) { d.binary(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, binary);
   s.enqueue(op == BinaryOp::add ? "add" : "mul", [rt, a, b, out, g, fn] { fn(g, rt->pool); });
 }
@@ -144,6 +169,7 @@ void op_silu_mul(const Core& rt, Stream& s, const T& gate, const T& up, const T&
   need_same_shape(up, gate, "up", "gate"); need_same_shape(out, gate, "out", "gate");
   if (gate->numel() == 0) return;
   SiluMulArgs g{gate->dtype, gate->numel(), gate->buf->data, up->buf->data, out->buf->data};
+  if (device_enqueue(rt, s, "siluMul", {gate, up, out}, [g](Device& d, DeviceStream& q) { d.silu_mul(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, silu_mul);
   s.enqueue("siluMul", [rt, gate, up, out, g, fn] { fn(g, rt->pool); });
 }
@@ -164,6 +190,7 @@ void op_rms_norm(const Core& rt, Stream& s, const T& x, const T& w, float eps, c
   }
   if (x->numel() == 0) return;
   RmsNormArgs g{x->dtype, rows, cols, x->buf->data, w ? (const float*)w->buf->data : nullptr, eps, out->buf->data};
+  if (device_enqueue(rt, s, "rmsNorm", {x, w, out}, [g](Device& d, DeviceStream& q) { d.rms_norm(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, rms_norm);
   s.enqueue("rmsNorm", [rt, x, w, out, g, fn] { fn(g, rt->pool); });
 }
@@ -186,6 +213,7 @@ void op_rope(const Core& rt, Stream& s, const T& x, const T& pos, int64_t rot_di
     throw Error(Code::INVALID_ARG, "Expected a finite positive number for freqScale but received " + std::to_string(scale), "freqScale");
   if (x->numel() == 0) return;
   RopeArgs g{x->dtype, tokens, heads, hd, rot_dim, x->buf->data, (const int32_t*)pos->buf->data, base, scale, neox};
+  if (device_enqueue(rt, s, "rope", {x, pos}, [g](Device& d, DeviceStream& q) { d.rope(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, rope);
   s.enqueue("rope", [rt, x, pos, g, fn] { fn(g, rt->pool); });
 }
@@ -200,6 +228,7 @@ void op_softmax(const Core& rt, Stream& s, const T& x, float scale, const T& out
   rows_cols(x, &rows, &cols);
   if (x->numel() == 0) return;
   SoftmaxArgs g{x->dtype, rows, cols, x->buf->data, scale, out->buf->data};
+  if (device_enqueue(rt, s, "softmax", {x, out}, [g](Device& d, DeviceStream& q) { d.softmax(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, softmax);
   s.enqueue("softmax", [rt, x, out, g, fn] { fn(g, rt->pool); });
 }
@@ -219,6 +248,7 @@ void op_embedding(const Core& rt, Stream& s, const T& table, const T& ids, const
   if (tokens == 0 || dim == 0) return;
   EmbeddingArgs g{table->dtype, out->dtype, vocab, dim, tokens, table->buf->data, (const int32_t*)ids->buf->data,
                   out->buf->data};
+  if (device_enqueue(rt, s, "embedding", {table, ids, out}, [g](Device& d, DeviceStream& q) { d.embedding(g, q); })) return;
   auto fn = TY_DISPATCH(rt->isa, embedding);
   s.enqueue("embedding", [rt, table, ids, out, g, fn] {
     const int32_t* idv = g.ids;
@@ -245,7 +275,15 @@ void op_copy(const Core& rt, Stream& s, const T& src, const T& dst) {
                                  std::to_string(dst->numel()), "dst");
   if (src->dtype != dst->dtype) { need_float(src, "src"); need_float(dst, "dst"); }
   int64_t n = src->numel();
+  if (rt->device && src->dtype != dst->dtype)
+    throw Error(Code::UNSUPPORTED, std::string("Expected dst to have src's dtype (") + dtype_name(src->dtype) + ") on backend " +
+                                       rt->backend() + " (dtype conversion is not implemented there) but received " +
+                                       dtype_name(dst->dtype), "dst");
   if (n == 0) return;
+  if (device_enqueue(rt, s, "copy", {src, dst}, [src, dst, n](Device& d, DeviceStream& q) {
+        d.device_copy(dst->buf->data, src->buf->data, dtype_bytes(src->dtype, n), q);
+      }))
+    return;
   s.enqueue("copy", [rt, src, dst, n] {
     if (src->dtype == dst->dtype) { std::memcpy(dst->buf->data, src->buf->data, dtype_bytes(src->dtype, n)); return; }
     DType sd = src->dtype, dd = dst->dtype;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "device.h"
 #include "isa.h"
 #include "pool.h"
 #include "stream.h"
@@ -33,9 +34,13 @@ int64_t check_shape(const std::vector<int64_t>& shape, DType dtype, const char* 
 std::shared_ptr<Tensor> make_tensor(DType dtype, std::vector<int64_t> shape);
 
 struct RuntimeCore {
-  RuntimeCore(int threads, Isa isa) : pool(threads), isa(isa) {}
+  RuntimeCore(int threads, Isa isa, std::shared_ptr<Device> device = nullptr)
+      : pool(threads), isa(isa), device(std::move(device)) {}
   ThreadPool pool;
   Isa isa;
+  std::shared_ptr<Device> device;  // null on the cpu backend
+  MemSpace space() const { return device ? device->space() : MemSpace::host; }
+  const char* backend() const { return mem_space_name(space()); }
 };
 using Core = std::shared_ptr<RuntimeCore>;
 using T = std::shared_ptr<Tensor>;

@@ -1,5 +1,7 @@
 #include "stream.h"
 
+#include "device.h"
+
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -47,8 +49,9 @@ std::shared_ptr<Buffer> Buffer::wrap(void* data, size_t bytes, std::function<voi
 }
 
 Buffer::~Buffer() {
-  if (external) {
-    if (release) release();
+  if (release) {
+    release();  // external memory, or a device allocation (device.h)
+  } else if (external) {
   } else if (mapped) {
     munmap(data, bytes);
   } else {
@@ -65,6 +68,13 @@ Stream::~Stream() {
   }
   cv_.notify_all();
   th_.join();
+}
+
+void Stream::attach(std::unique_ptr<DeviceStream> ds) {
+  // Called right after construction, before anything is queued (the stream thread never
+  // touches dev_ while the queue is empty).
+  std::lock_guard<std::mutex> lk(mu_);
+  dev_ = std::move(ds);
 }
 
 void Stream::enqueue(const char* op, Job job) {
@@ -126,7 +136,16 @@ void Stream::loop() {
         status_ = StreamStatus{false, Code::INTERNAL, e.what(), it.op};
       }
     }
-    if (it.done) it.done(status_);
+    if (it.done) {
+      if (dev_ && status_.ok) {
+        try {
+          dev_->synchronize();  // device work before this point must be finished (or failed)
+        } catch (const Error& e) {
+          status_ = StreamStatus{false, e.code, e.what(), "synchronize", e.arg};
+        }
+      }
+      it.done(status_);
+    }
     it.job = nullptr;  // release captured buffers on the stream thread, promptly
     it.done = nullptr;
   }

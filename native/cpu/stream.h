@@ -18,6 +18,15 @@
 
 namespace ty::cpu {
 
+// Where a buffer's bytes live. `cuda_emu` memory is host memory, but it is tagged like device
+// memory so that mixing backends fails on the emulator exactly as it would on a GPU.
+enum class MemSpace : uint8_t { host = 0, cuda = 1, cuda_emu = 2 };
+inline const char* mem_space_name(MemSpace s) {
+  return s == MemSpace::cuda ? "cuda" : s == MemSpace::cuda_emu ? "cuda-emu" : "cpu";
+}
+
+class DeviceStream;
+
 // A block of host memory, 64-byte aligned when owned. External buffers wrap memory owned
 // by someone else (a JS ArrayBuffer); `release` runs when the last reference goes away,
 // on whatever thread that happens.
@@ -26,6 +35,7 @@ struct Buffer {
   size_t bytes = 0;
   bool external = false;
   bool mapped = false;  // owned, from mmap (page aligned)
+  MemSpace space = MemSpace::host;  // device buffers are made by a Device (device.h)
   std::function<void()> release;
 
   static std::shared_ptr<Buffer> allocate(size_t bytes);  // throws ty::Error(OOM)
@@ -61,6 +71,10 @@ class Stream {
   // Blocks the calling thread until the queue is empty (for finalizers / tools).
   void drain();
   size_t pending() const;
+  // Device backends: the device queue this stream drives. Every completion point
+  // synchronizes it before reporting, so a read or synchronize() sees device work finished.
+  void attach(std::unique_ptr<DeviceStream> ds);
+  DeviceStream* device() const { return dev_.get(); }
 
  private:
   struct Item { const char* op; Job job; Done done; bool reset; };
@@ -72,6 +86,7 @@ class Stream {
   std::deque<Item> q_;
   bool busy_ = false, stop_ = false;
   StreamStatus status_;  // touched only on the stream thread
+  std::unique_ptr<DeviceStream> dev_;
   std::thread th_;
 };
 

@@ -28,11 +28,19 @@
 #include "tachyon/cuda_probe.h"
 
 #ifndef TY_HAVE_CUDA
+std::shared_ptr<ty::cpu::Device> ty::make_cuda_device(int) {
+  throw ty::Error(ty::Code::BACKEND, "this build does not include the CUDA backend (nvcc was not found at build time, or TACHYON_CUDA=off)");
+}
 extern "C" int ty_cuda_device_count(char* reason, size_t n) {
   if (reason && n) std::snprintf(reason, n, "this build does not include the CUDA backend (nvcc was not found or TACHYON_CUDA=off)");
   return 0;
 }
 extern "C" const char* ty_cuda_archs(void) { return ""; }
+#endif
+#ifndef TY_HAVE_CUDA_EMU
+std::shared_ptr<ty::cpu::Device> ty::make_cuda_emu_device(const std::string&) {
+  throw ty::Error(ty::Code::BACKEND, "this build does not include the cuda-emu backend (the CUDA headers were not found at build time)");
+}
 #endif
 
 namespace {
@@ -169,9 +177,27 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
       if ((int)want > (int)have)
         throw Error(Code::UNSUPPORTED, std::string("Expected an ISA this CPU supports (") + cpu::isa_name(have) +
                                            " or lower) for isa but received " + isa, "isa");
-      core_ = std::make_shared<cpu::RuntimeCore>(threads, want);
+      // new NativeRuntime(threads, isa, backend?, {schedule?, device?})
+      std::string backend = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
+      Napi::Object opts = info.Length() > 3 && info[3].IsObject() ? info[3].As<Napi::Object>() : Napi::Object::New(info.Env());
+      std::shared_ptr<cpu::Device> dev;
+      if (backend == "cuda-emu") {
+        Napi::Value sv = opts.Get("schedule");
+        if (!sv.IsUndefined() && !sv.IsString()) bad("schedule", "a string (forward, reverse or random:SEED)", sv);
+        dev = make_cuda_emu_device(sv.IsString() ? sv.As<Napi::String>().Utf8Value() : "forward");
+      } else if (backend == "cuda") {
+        Napi::Value dv = opts.Get("device");
+        dev = make_cuda_device(dv.IsUndefined() ? 0 : (int)integer(dv, "device", 0, 1023));
+      } else if (backend != "cpu") {
+        bad("backend", "one of cpu, cuda, cuda-emu", info[2]);
+      }
+      core_ = std::make_shared<cpu::RuntimeCore>(threads, want, std::move(dev));
     } catch (const Error& e) {
-      throw_ty(info.Env(), e, "loadRuntime");
+      throw make_error(info.Env(), e.code, e.what(), "loadRuntime", e.arg,
+                       info.Length() > 2 && info[2].IsString() && (info[2].As<Napi::String>().Utf8Value() == "cuda" ||
+                                                                    info[2].As<Napi::String>().Utf8Value() == "cuda-emu")
+                           ? (info[2].As<Napi::String>().Utf8Value() == "cuda" ? "cuda" : "cuda-emu")
+                           : "cpu");
     }
   }
   Core core(const char* op) {
@@ -186,6 +212,8 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
     if (core_) {
       o.Set("threads", core_->pool.threads());
       o.Set("isa", cpu::isa_name(core_->isa));
+      o.Set("backend", core_->backend());
+      if (core_->device) o.Set("device", core_->device->describe());
     }
     return o;
   }
@@ -234,6 +262,7 @@ class StreamW : public Napi::ObjectWrap<StreamW> {
       ctx_ = std::make_shared<StreamCtx>();
       ctx_->core = rt->core("createStream");
       ctx_->stream = std::make_unique<cpu::Stream>("tachyon-stream");
+      if (ctx_->core->device) ctx_->stream->attach(ctx_->core->device->create_stream());
       ctx_->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "tachyon-stream", 0, 1);
       ctx_->tsfn.Unref(env);  // an idle stream must not keep the process alive
     } catch (const Error& e) {
@@ -275,7 +304,7 @@ class StreamW : public Napi::ObjectWrap<StreamW> {
         StreamCtx& ctx = *c->ctx;
         if (--ctx.pending == 0 && !ctx.released) ctx.tsfn.Unref(env);
         if (!c->status.ok) {
-          c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, c->status.arg).Value());
+          c->deferred.Reject(make_error(env, c->status.code, c->status.message, c->status.op, c->status.arg, ctx.core->backend()).Value());
         } else if (c->kind == Completion::kRead) {
           napi_value ab;
           napi_get_reference_value(env, c->dst, &ab);
@@ -353,18 +382,28 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
     try {
       if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(inst(env).runtime_ctor.Value()))
         bad("runtime", "a Runtime", info[0]);
-      RuntimeW::Unwrap(info[0].As<Napi::Object>())->core("tensor");
+      Core core = RuntimeW::Unwrap(info[0].As<Napi::Object>())->core("tensor");
       DType dt = dtype_arg(info[1], "dtype");
       std::vector<int64_t> shape = shape_arg(info[2], "shape");
       int64_t n = cpu::check_shape(shape, dt, "shape");
       size_t bytes = dtype_bytes(dt, n);
       if (info.Length() < 4 || info[3].IsUndefined() || info[3].IsNull()) {
-        t_ = cpu::make_tensor(dt, shape);
+        if (core->device) {
+          t_ = std::make_shared<cpu::Tensor>();
+          t_->dtype = dt;
+          t_->shape = shape;
+          t_->buf = core->device->allocate(bytes);
+        } else {
+          t_ = cpu::make_tensor(dt, shape);
+        }
         return;
       }
       if (info[3].IsObject() && info[3].As<Napi::Object>().InstanceOf(inst(env).tensor_ctor.Value())) {
         // A view: same storage, another shape (and dtype) of exactly the same byte size.
         T src = TensorW::Unwrap(info[3].As<Napi::Object>())->get("source");
+        if (src->buf->space != core->space())
+          throw Error(Code::BACKEND, std::string("Expected a tensor on backend ") + core->backend() + " for source but it lives on " +
+                                         cpu::mem_space_name(src->buf->space), "source");
         if (src->buf->bytes != bytes)
           throw Error(Code::SHAPE, "Expected a view of " + std::to_string(src->buf->bytes) + " bytes but the shape holds " +
                                        std::to_string(bytes), "shape");
@@ -385,7 +424,11 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       t_ = std::make_shared<cpu::Tensor>();
       t_->dtype = dt;
       t_->shape = shape;
-      if (zero_copy && bytes > 0) {
+      if (core->device) {
+        // Device memory: always a copy (zeroCopy cannot alias a JS array there).
+        t_->buf = core->device->allocate(bytes);
+        core->device->upload(t_->buf->data, src, bytes);
+      } else if (zero_copy && bytes > 0) {
         // Zero-copy: keep the ArrayBuffer alive with a reference that the last owner of the
         // buffer releases (on any thread) through the graveyard.
         napi_ref ref;
@@ -416,6 +459,14 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       napi_ref ref;
       napi_create_reference(env, ab, 1, &ref);
       void* dst = ab.Data();
+      same_space(*c, t, "tensor");
+      if (c->core->device) {
+        cpu::Stream* st = c->stream.get();
+        Core core = c->core;
+        return StreamW::Complete(env, c, Completion::kRead, [t, dst, bytes, st, core] {
+          core->device->to_host(dst, t->buf->data, bytes, *st->device());
+        }, ref);
+      }
       return StreamW::Complete(env, c, Completion::kRead, [t, dst, bytes] { if (bytes) std::memcpy(dst, t->buf->data, bytes); }, ref);
     } catch (const Error& e) {
       throw_ty(env, e, "read");
@@ -433,9 +484,20 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       if (ta.ByteLength() != t->buf->bytes)
         throw Error(Code::SHAPE, "Expected " + std::to_string(t->buf->bytes) + " bytes for data but received " +
                                      std::to_string(ta.ByteLength()), "data");
+      same_space(*c, t, "tensor");
       auto snap = cpu::Buffer::allocate(t->buf->bytes);
       if (snap->bytes) std::memcpy(snap->data, (uint8_t*)ta.ArrayBuffer().Data() + ta.ByteOffset(), snap->bytes);
-      c->stream->enqueue("write", [t, snap] { if (snap->bytes) std::memcpy(t->buf->data, snap->data, snap->bytes); });
+      if (c->core->device) {
+        cpu::Stream* st = c->stream.get();
+        Core core = c->core;
+        // The snapshot stays alive until the stream synchronizes the copy (the job holds it).
+        c->stream->enqueue("write", [t, snap, st, core] {
+          core->device->to_device(t->buf->data, snap->data, snap->bytes, *st->device());
+          st->device()->synchronize();
+        });
+      } else {
+        c->stream->enqueue("write", [t, snap] { if (snap->bytes) std::memcpy(t->buf->data, snap->data, snap->bytes); });
+      }
     } catch (const Error& e) {
       throw_ty(env, e, "write");
     }
@@ -455,10 +517,30 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
     if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(inst(env).stream_ctor.Value())) bad("stream", "a Stream", v);
     return StreamW::Unwrap(v.As<Napi::Object>())->ctx("op");
   }
+  static T tensor_arg(Napi::Env env, Napi::Value v, const char* arg, const StreamCtx& c, bool optional = false) {
+    if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(inst(env).tensor_ctor.Value())) bad(arg, "a Tensor", v);
+    T t = TensorW::Unwrap(v.As<Napi::Object>())->get(arg);
+    same_space(c, t, arg);
+    return t;
+  }
+  // For the CPU-only ops (their streams are checked by guard()): the tensor must be host memory.
   static T tensor_arg(Napi::Env env, Napi::Value v, const char* arg, bool optional = false) {
     if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
     if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(inst(env).tensor_ctor.Value())) bad(arg, "a Tensor", v);
-    return TensorW::Unwrap(v.As<Napi::Object>())->get(arg);
+    T t = TensorW::Unwrap(v.As<Napi::Object>())->get(arg);
+    if (t->buf->space != cpu::MemSpace::host)
+      throw Error(Code::BACKEND, std::string("Expected a tensor on backend cpu for ") + arg + " but it lives on " +
+                                     cpu::mem_space_name(t->buf->space), arg);
+    return t;
+  }
+  // A tensor must live where the stream's runtime computes (a cpu tensor on a cuda stream would
+  // be a host pointer handed to a kernel, and the reverse a device pointer read by the CPU).
+  static void same_space(const StreamCtx& c, const T& t, const char* arg) {
+    if (t->buf->space != c.core->space())
+      throw Error(Code::BACKEND, std::string("Expected a tensor on backend ") + c.core->backend() + " for " + arg +
+                                     " but it lives on " + cpu::mem_space_name(t->buf->space) +
+                                     " (copy it with tensor.read() and runtime.tensor())", arg);
   }
 
  private:
@@ -467,22 +549,35 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
 
 // ---------------------------------------------------------------------------------------
 // Ops: op(stream, ...tensors, ...scalars). Each wrapper converts and forwards.
+// The ops a device runtime (cuda, cuda-emu) runs; the others raise E_UNSUPPORTED there.
+bool device_op(const char* op) {
+  static const char* const ops[] = {"matmul", "binary", "siluMul", "rmsNorm", "rope", "softmax", "embedding", "copy", "emuSelftest"};
+  for (const char* o : ops)
+    if (std::strcmp(o, op) == 0) return true;
+  return false;
+}
 template <class F>
 Napi::Value guard(const Napi::CallbackInfo& info, const char* op, F&& f) {
   Napi::Env env = info.Env();
+  const char* backend = "cpu";
   try {
     inst(env).graveyard->sweep(env);
-    f(env, *TensorW::stream_arg(env, info[0]));
+    StreamCtx& c = *TensorW::stream_arg(env, info[0]);
+    backend = c.core->backend();
+    if (c.core->device && !device_op(op))
+      throw Error(Code::UNSUPPORTED, std::string("The op ") + op + " is not implemented on backend " + backend +
+                                         " yet (the CUDA kernels for the hot path are in progress); use backend: 'cpu' for it");
+    f(env, c);
   } catch (const Error& e) {
-    throw_ty(env, e, op);
+    throw make_error(env, e.code, e.what(), op, e.arg, backend);
   } catch (const std::bad_alloc&) {
     throw make_error(env, Code::OOM, "Out of host memory", op, "");
   }
   return Napi::Value();
 }
 
-#define TENSOR(i, name) TensorW::tensor_arg(env, info[i], name)
-#define OPT_TENSOR(i, name) TensorW::tensor_arg(env, info[i], name, true)
+#define TENSOR(i, name) TensorW::tensor_arg(env, info[i], name, c)
+#define OPT_TENSOR(i, name) TensorW::tensor_arg(env, info[i], name, c, true)
 
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return guard(info, "matmul", [&](Napi::Env env, StreamCtx& c) {
@@ -527,6 +622,17 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
 }
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   return guard(info, "copy", [&](Napi::Env env, StreamCtx& c) { cpu::op_copy(c.core, *c.stream, TENSOR(1, "src"), TENSOR(2, "dst")); });
+}
+// emuSelftest(stream, kind): launches a kernel that breaks a CUDA rule on purpose (cuda-emu only).
+Napi::Value EmuSelftest(const Napi::CallbackInfo& info) {
+  return guard(info, "emuSelftest", [&](Napi::Env env, StreamCtx& c) {
+    if (!info[1].IsString()) bad("kind", "a string", info[1]);
+    std::string kind = info[1].As<Napi::String>().Utf8Value();
+    if (!c.core->device) throw Error(Code::UNSUPPORTED, "emuSelftest runs only on backend cuda-emu", "stream");
+    cpu::Stream* st = c.stream.get();
+    Core core = c.core;
+    st->enqueue("emuSelftest", [core, st, kind] { core->device->selftest(kind, *st->device()); });
+  });
 }
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   return guard(info, "probe", [&](Napi::Env env, StreamCtx& c) {
@@ -796,6 +902,11 @@ Napi::Value Doctor(const Napi::CallbackInfo& info) {
   o.Set("cpu", cpu::cpu_brand());
   o.Set("isaDetected", cpu::isa_name(cpu::isa_detected()));
   o.Set("hardwareThreads", (double)std::thread::hardware_concurrency());
+#ifdef TY_HAVE_CUDA_EMU
+  o.Set("cudaEmuCompiled", true);
+#else
+  o.Set("cudaEmuCompiled", false);
+#endif
 #ifdef TY_HAVE_CUDA
   o.Set("cudaCompiled", true);
 #else
@@ -931,6 +1042,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("embedding", Napi::Function::New(env, Embedding));
   exports.Set("copy", Napi::Function::New(env, Copy));
   exports.Set("probe", Napi::Function::New(env, Probe));
+  exports.Set("emuSelftest", Napi::Function::New(env, EmuSelftest));
   exports.Set("packedBytes", Napi::Function::New(env, PackedBytes));
   exports.Set("quantize", Napi::Function::New(env, Quantize));
   exports.Set("dequantize", Napi::Function::New(env, Dequantize));
