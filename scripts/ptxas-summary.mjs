@@ -34,7 +34,9 @@ for (const line of text.split('\n')) {
 }
 let names = rows.map((r) => r.mangled);
 try {
-  names = execFileSync('c++filt', { input: names.join('\n'), encoding: 'utf8' }).trim().split('\n');
+  names = execFileSync('c++filt', { input: names.join('\n'), encoding: 'utf8' })
+    .trim()
+    .split('\n');
 } catch {
   /* no c++filt: keep mangled names */
 }
@@ -46,9 +48,12 @@ for (const r of rows)
   console.log(
     `${r.arch.padEnd(6)} ${String(r.regs).padStart(4)} ${String(r.smem).padStart(8)} ${String(r.stack).padStart(6)}  ${`${r.spillStores}/${r.spillLoads}`.padStart(11)}  ${short(r.kernel)}`,
   );
-const spills = rows.filter((r) => r.spillStores + r.spillLoads > 0 && !ALLOWED_SPILLS.some((a) => r.kernel.includes(a)));
+const spills = rows.filter(
+  (r) => r.spillStores + r.spillLoads > 0 && !ALLOWED_SPILLS.some((a) => r.kernel.includes(a)),
+);
 const j = rest.indexOf('--json');
-if (j >= 0 && rest[j + 1]) writeFileSync(rest[j + 1], JSON.stringify({ version: 1, rows }, null, 1));
+if (j >= 0 && rest[j + 1])
+  writeFileSync(rest[j + 1], JSON.stringify({ version: 1, rows }, null, 1));
 if (rows.length === 0) {
   console.error('no kernels found in the report');
   process.exit(1);
@@ -56,6 +61,9 @@ if (rows.length === 0) {
 const maxRegs = Math.max(...rows.map((r) => r.regs));
 console.log(`max registers ${maxRegs}; kernels that spill: ${spills.length}`);
 if (spills.length) {
-  for (const r of spills) console.error(`SPILL: ${r.arch} ${r.kernel}: ${r.spillStores} B stores, ${r.spillLoads} B loads`);
+  for (const r of spills)
+    console.error(
+      `SPILL: ${r.arch} ${r.kernel}: ${r.spillStores} B stores, ${r.spillLoads} B loads`,
+    );
   process.exit(1);
 }
