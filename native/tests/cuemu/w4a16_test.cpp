@@ -523,7 +523,7 @@ static void test_onehot_dequant() {
   }
   onehot_dequant(kFormats[0], DType::f16, tc::W4Config::gemv, 1, 40, 160, 1);   // sym f16
   onehot_dequant(kFormats[1], DType::bf16, tc::W4Config::gemv, 1, 40, 192, 1);  // sym f32
-  onehot_dequant(kFormats[4], DType::f16, tc::W4Config::gemv, 1, 40, 160, 1);   // asym f32
+  onehot_dequant(kFormats[6], DType::f16, tc::W4Config::gemv, 1, 40, 256, 1);   // asym f32 g128 (half a group per warp)
   onehot_dequant(kFormats[3], DType::bf16, tc::W4Config::gemv, 1, 24, 160, 2);  // asym f16, split
   onehot_dequant(kFormats[7], DType::bf16, tc::W4Config::gemv, 1, 40, 256, 1);  // q4k
   onehot_dequant(kFormats[0], DType::bf16, tc::W4Config::m8, 3, 40, 160, 1);
