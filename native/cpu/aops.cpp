@@ -15,6 +15,33 @@ void need_shape3(const T& t, int64_t a, int64_t b, int64_t c, const char* arg) {
                                  "] for " + arg + " but received " + t->shape_str(), arg);
 }
 
+// The plan's device copy on `d` (made once, under the plan's lock, by a synchronous upload from
+// the stream thread; later runs on any stream of that device reuse it). Sets *indptr / *indices to
+// the device copies of the page table.
+const void* plan_on_device(PlanT& p, Device& d, const int32_t** indptr, const int32_t** indices) {
+  std::lock_guard<std::mutex> lk(p.dev_mu);
+  if (!p.dev || p.dev_owner != &d) {
+    auto up16 = [](size_t x) { return (x + 15) & ~size_t(15); };
+    const size_t planBytes = d.attention_plan_bytes(p.plan);
+    const size_t off_ip = up16(planBytes), off_ix = off_ip + up16(p.indptr.size() * 4);
+    const size_t total = off_ix + p.indices.size() * 4;
+    std::vector<unsigned char> host(total ? total : 1, 0);
+    d.attention_plan_pack(p.plan, host.data());
+    if (!p.indptr.empty()) std::memcpy(host.data() + off_ip, p.indptr.data(), p.indptr.size() * 4);
+    if (!p.indices.empty()) std::memcpy(host.data() + off_ix, p.indices.data(), p.indices.size() * 4);
+    auto buf = d.allocate(host.size());
+    d.upload(buf->data, host.data(), host.size());
+    p.dev = std::move(buf);
+    p.dev_owner = &d;
+    p.dev_indptr = off_ip;
+    p.dev_indices = off_ix;
+  }
+  unsigned char* base = static_cast<unsigned char*>(p.dev->data);
+  *indptr = reinterpret_cast<const int32_t*>(base + p.dev_indptr);
+  *indices = reinterpret_cast<const int32_t*>(base + p.dev_indices);
+  return base;
+}
+
 }  // namespace
 
 void kv_cache_sizes(KvCache c, size_t* data_bytes, int64_t* scale_count) {
@@ -104,6 +131,10 @@ void op_kv_append(const Core& rt, Stream& s, const KvCacheT& cache, int32_t laye
   a.k = k->buf->data;
   a.v = v->buf->data;
   a.slots = static_cast<const int32_t*>(slots->buf->data);
+  // Device: slots and fp8 scales are device data, checked by the kernel (reported at the next
+  // completion point with the same code and argument as here).
+  if (device_enqueue(rt, s, "kvAppend", {cache.data, cache.scales, k, v, slots}, [a](Device& d, DeviceStream& q) { d.kv_append(a, q); }))
+    return;
   auto fn = TY_DISPATCH(rt->isa, kv_append);
   s.enqueue("kvAppend", [rt, cache, k, v, slots, a, fn] {
     kv_append_check(a);  // slot values are data: checked here, right before use
@@ -145,6 +176,21 @@ void op_attention(const Core& rt, Stream& s, const std::shared_ptr<PlanT>& plan,
   a.smScale = smScale;
   a.softCap = softCap;
   a.window = window;
+  if (rt->device) {
+    // The page table is the plan's own host copy: check it here exactly as on the CPU; the
+    // kernel reads the plan's device copy, and its workspace is the queue's scratch.
+    static char placeholder;
+    a.workspace = &placeholder;
+    attention_run_check(p, a);
+    if (p.totalQ == 0) return;
+    device_enqueue(rt, s, "attention", {cache.data, cache.scales, q, out, lse}, [plan, a](Device& d, DeviceStream& ds) {
+      AttentionArgs da = a;
+      da.workspace = nullptr;
+      const void* dp = plan_on_device(*plan, d, &da.indptr, &da.indices);
+      d.attention(plan->plan, dp, da, ds);
+    });
+    return;
+  }
   // Split-KV partials: a buffer per call, so runs of one plan on several streams never share.
   std::shared_ptr<Buffer> ws = p.workspaceBytes ? Buffer::allocate(p.workspaceBytes) : nullptr;
   a.workspace = ws ? ws->data : nullptr;
@@ -184,6 +230,8 @@ void op_attention_merge(const Core& rt, Stream& s, const T& oA, const T& lseA, c
   a.lse = static_cast<float*>(lse->buf->data);
   attention_merge_check(a);
   if (a.rows == 0) return;
+  if (device_enqueue(rt, s, "attentionMerge", {oA, lseA, oB, lseB, o, lse}, [a](Device& d, DeviceStream& q) { d.attention_merge(a, q); }))
+    return;
   auto fn = TY_DISPATCH(rt->isa, attention_merge);
   s.enqueue("attentionMerge", [rt, oA, lseA, oB, lseB, o, lse, a, fn] { fn(a, rt->pool); });
 }
@@ -198,6 +246,18 @@ void op_kv_copy_blocks(const Core& rt, Stream& s, const KvCacheT& cache, const T
   a.pairs = static_cast<const int32_t*>(pairs->buf->data);
   a.n = pairs->shape[0];
   if (a.n == 0) return;
+  // Device: the pairs are read back (a synchronization; copy-on-write is rare) and checked on
+  // the host exactly as on the CPU before the copy kernel runs.
+  if (device_enqueue(rt, s, "kvCopyBlocks", {cache.data, cache.scales, pairs}, [a](Device& d, DeviceStream& q) {
+        std::vector<int32_t> host((size_t)a.n * 2);
+        d.to_host(host.data(), a.pairs, host.size() * sizeof(int32_t), q);
+        q.synchronize();
+        KvCopyBlocksArgs h = a;
+        h.pairs = host.data();
+        kv_copy_blocks_check(h);
+        d.kv_copy_blocks(a, q);
+      }))
+    return;
   auto fn = TY_DISPATCH(rt->isa, kv_copy_blocks);
   s.enqueue("kvCopyBlocks", [rt, cache, pairs, a, fn] {
     kv_copy_blocks_check(a);  // pair values are data: checked right before use
@@ -216,6 +276,9 @@ void op_kv_swap(const Core& rt, Stream& s, const KvCacheT& cache, const T& block
   if (host->buf->bytes != want)
     throw Error(Code::SHAPE, "Expected " + std::to_string(want) + " bytes for host (" + std::to_string(n) +
                                  " blocks) but received " + std::to_string(host->buf->bytes), "host");
+  if (rt->device)
+    throw Error(Code::UNSUPPORTED, std::string("kvSwap is not implemented on backend ") + rt->backend() +
+                                       " yet: swapping needs a pinned host buffer outside the device's memory space", "host");
   if (n == 0) return;
   KvSwapArgs a;
   a.cache = cache.c;

@@ -7,6 +7,7 @@
 // validate it once and never race with JS.
 #pragma once
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "ops.h"
@@ -27,6 +28,12 @@ struct PlanT {
   AttentionPlan plan;
   int32_t kvHeads = 0, blockSize = 0, headDim = 0;
   std::vector<int32_t> indptr, indices;
+  // Device backends: the plan's device copy (the packed plan, then indptr, then indices), made
+  // by its first run on a device and reused by every layer of the step.
+  std::mutex dev_mu;
+  std::shared_ptr<Buffer> dev;
+  const Device* dev_owner = nullptr;
+  size_t dev_indptr = 0, dev_indices = 0;  // byte offsets in dev
   ~PlanT() { attention_plan_free(&plan); }
 };
 // Builds a plan (on the caller's thread: O(batch + pages)) from page-table arrays it copies.

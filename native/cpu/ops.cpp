@@ -63,18 +63,6 @@ std::shared_ptr<Tensor> make_tensor(DType dtype, std::vector<int64_t> shape) {
 
 // ---- ops ----
 
-// Device backends (cuda, cuda-emu): after the same validation, the kernel runs on the runtime's
-// Device from the stream thread. `keep` holds the tensors alive until the launch is queued (on
-// cuda a freed buffer is safe afterwards: cudaFree waits for the device).
-static bool device_enqueue(const Core& rt, Stream& s, const char* op, std::vector<T> keep,
-                           std::function<void(Device&, DeviceStream&)> launch) {
-  if (!rt->device) return false;
-  DeviceStream* ds = s.device();
-  if (!ds) throw Error(Code::INTERNAL, std::string(op) + ": the stream has no device queue", "stream");
-  s.enqueue(op, [rt, keep = std::move(keep), launch = std::move(launch), ds] { launch(*rt->device, *ds); });
-  return true;
-}
-
 // What the device GEMM kernels take (tensor cores): f16/bf16 operands with B stored [N, K].
 static void need_device_gemm(const Core& rt, const T& a, GemmOpts o) {
   if (a->dtype != DType::f16 && a->dtype != DType::bf16)

@@ -43,6 +43,19 @@ struct RuntimeCore {
   const char* backend() const { return mem_space_name(space()); }
 };
 using Core = std::shared_ptr<RuntimeCore>;
+
+// Device backends (cuda, cuda-emu): after the same validation as the CPU, the kernel runs on the
+// runtime's Device from the stream thread. Returns false on the cpu backend. `keep` holds the
+// tensors alive until the launch is queued (on cuda a freed buffer is safe afterwards: cudaFree
+// waits for the device).
+inline bool device_enqueue(const Core& rt, Stream& s, const char* op, std::vector<std::shared_ptr<Tensor>> keep,
+                           std::function<void(Device&, DeviceStream&)> launch) {
+  if (!rt->device) return false;
+  DeviceStream* ds = s.device();
+  if (!ds) throw Error(Code::INTERNAL, std::string(op) + ": the stream has no device queue", "stream");
+  s.enqueue(op, [rt, keep = std::move(keep), launch = std::move(launch), ds] { launch(*rt->device, *ds); });
+  return true;
+}
 using T = std::shared_ptr<Tensor>;
 
 // Elementwise and friends. `out` is allocated by the caller with the right shape/dtype;

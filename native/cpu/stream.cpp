@@ -137,11 +137,13 @@ void Stream::loop() {
       }
     }
     if (it.done) {
-      if (dev_ && status_.ok) {
+      if (dev_) {
+        // Device work before this point must be finished (or failed), and its deferred checks
+        // run (a poisoned stream still drains them, so none outlives the failure).
         try {
-          dev_->synchronize();  // device work before this point must be finished (or failed)
+          dev_->complete();
         } catch (const Error& e) {
-          status_ = StreamStatus{false, e.code, e.what(), "synchronize", e.arg};
+          if (status_.ok) status_ = StreamStatus{false, e.code, e.what(), "synchronize", e.arg};
         }
       }
       it.done(status_);
@@ -149,6 +151,24 @@ void Stream::loop() {
     it.job = nullptr;  // release captured buffers on the stream thread, promptly
     it.done = nullptr;
   }
+}
+
+}  // namespace ty::cpu
+
+namespace ty::cpu {
+
+void* DeviceStream::scratch(Device& d, int slot, size_t bytes) {
+  if (slot < 0 || slot >= 8) throw Error(Code::INTERNAL, "DeviceStream::scratch: slot out of range");
+  if (bytes == 0) return nullptr;
+  std::shared_ptr<Buffer>& b = scratch_[slot];
+  if (!b || b->bytes < bytes) {
+    b.reset();  // free first: the old buffer's memory can serve the new one
+    // Round up so a slowly growing size does not reallocate every step.
+    size_t want = 256;
+    while (want < bytes) want *= 2;
+    b = d.allocate(want);
+  }
+  return b->data;
 }
 
 }  // namespace ty::cpu

@@ -58,7 +58,7 @@ struct CudaQueue final : cpu::DeviceStream {
   explicit CudaQueue(int dev) : dev(dev) {
     check(cudaSetDevice(dev), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
-    if (cudaMalloc(&slot, sizeof(unsigned long long)) != cudaSuccess) {
+    if (cudaMalloc(&slot, kErrorWords * sizeof(unsigned long long)) != cudaSuccess) {
       cudaStreamDestroy(s);
       check(cudaErrorMemoryAllocation, "cudaMalloc (stream error word)");
     }
@@ -74,7 +74,7 @@ struct CudaQueue final : cpu::DeviceStream {
     check(cudaStreamSynchronize(s), "a kernel on this stream");
   }
   stream_t handle() { return s; }
-  unsigned long long* error_slot() { return slot; }
+  unsigned long long* error_slot(int i = 0) { return slot + i; }
   int dev;
   cudaStream_t s = nullptr;
   unsigned long long* slot = nullptr;

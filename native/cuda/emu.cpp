@@ -46,8 +46,8 @@ __global__ void selftest_cp_async(float* out) {
 struct EmuQueue final : cpu::DeviceStream {
   void synchronize() override {}  // launches complete before they return
   stream_t handle() { return stream_t(); }
-  unsigned long long* error_slot() { return &slot; }
-  unsigned long long slot = 0;
+  unsigned long long* error_slot(int i = 0) { return &slot[i]; }
+  unsigned long long slot[kErrorWords] = {};
 };
 
 class EmuBase : public cpu::Device {

@@ -551,7 +551,13 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
 // Ops: op(stream, ...tensors, ...scalars). Each wrapper converts and forwards.
 // The ops a device runtime (cuda, cuda-emu) runs; the others raise E_UNSUPPORTED there.
 bool device_op(const char* op) {
-  static const char* const ops[] = {"matmul", "binary", "siluMul", "rmsNorm", "rope", "softmax", "embedding", "copy", "emuSelftest"};
+  static const char* const ops[] = {
+      "matmul", "binary", "siluMul", "rmsNorm", "rope", "softmax", "embedding", "copy", "emuSelftest",
+      // paged KV cache and attention (kvSwap raises its own E_UNSUPPORTED naming the host buffer)
+      "kvAppend", "attention", "attentionMerge", "kvCopyBlocks", "kvSwap",
+      // quantized GEMM family
+      // sampling family
+  };
   for (const char* o : ops)
     if (std::strcmp(o, op) == 0) return true;
   return false;
@@ -780,11 +786,11 @@ KvCache kv_geometry(Napi::Value v) {
   c.headDim = (int32_t)integer(o.Get("headDim"), "cache.headDim", 1, 1 << 12);
   return c;
 }
-cpu::KvCacheT kv_cache_arg(Napi::Env env, Napi::Value v) {
+cpu::KvCacheT kv_cache_arg(Napi::Env env, Napi::Value v, const StreamCtx& c) {
   KvCache g = kv_geometry(v);
   Napi::Object o = v.As<Napi::Object>();
-  return cpu::make_kv_cache(g, TensorW::tensor_arg(env, o.Get("data"), "cache.data"),
-                            TensorW::tensor_arg(env, o.Get("scales"), "cache.scales", true));
+  return cpu::make_kv_cache(g, TensorW::tensor_arg(env, o.Get("data"), "cache.data", c),
+                            TensorW::tensor_arg(env, o.Get("scales"), "cache.scales", c, true));
 }
 struct PlanHolder {
   static constexpr uint32_t kMagic = 0x7459504c;  // identifies our Externals
@@ -850,13 +856,13 @@ Napi::Value PlanAttention(const Napi::CallbackInfo& info) {
 }
 Napi::Value KvAppend(const Napi::CallbackInfo& info) {
   return guard(info, "kvAppend", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_kv_append(c.core, *c.stream, kv_cache_arg(env, info[1]), (int32_t)integer(info[2], "layer", 0, 1 << 16),
+    cpu::op_kv_append(c.core, *c.stream, kv_cache_arg(env, info[1], c), (int32_t)integer(info[2], "layer", 0, 1 << 16),
                       TENSOR(3, "k"), TENSOR(4, "v"), TENSOR(5, "slots"));
   });
 }
 Napi::Value Attention(const Napi::CallbackInfo& info) {
   return guard(info, "attention", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_attention(c.core, *c.stream, plan_arg(info[1]), kv_cache_arg(env, info[2]), (int32_t)integer(info[3], "layer", 0, 1 << 16),
+    cpu::op_attention(c.core, *c.stream, plan_arg(info[1]), kv_cache_arg(env, info[2], c), (int32_t)integer(info[3], "layer", 0, 1 << 16),
                       TENSOR(4, "q"), TENSOR(5, "out"), OPT_TENSOR(6, "lse"), (float)num(info[7], "smScale"),
                       (float)num(info[8], "softCap"), (int32_t)integer(info[9], "window", 0, INT32_MAX));
   });
@@ -869,7 +875,7 @@ Napi::Value AttentionMerge(const Napi::CallbackInfo& info) {
 }
 Napi::Value KvSwap(const Napi::CallbackInfo& info) {
   return guard(info, "kvSwap", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_kv_swap(c.core, *c.stream, kv_cache_arg(env, info[1]), TENSOR(2, "blocks"), TENSOR(3, "host"), boolean(info[4], "out"));
+    cpu::op_kv_swap(c.core, *c.stream, kv_cache_arg(env, info[1], c), TENSOR(2, "blocks"), TENSOR(3, "host"), boolean(info[4], "out"));
   });
 }
 Napi::Value KvBlockHostBytes(const Napi::CallbackInfo& info) {
@@ -886,7 +892,7 @@ Napi::Value KvBlockHostBytes(const Napi::CallbackInfo& info) {
 }
 Napi::Value KvCopyBlocks(const Napi::CallbackInfo& info) {
   return guard(info, "kvCopyBlocks", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_kv_copy_blocks(c.core, *c.stream, kv_cache_arg(env, info[1]), TENSOR(2, "pairs"));
+    cpu::op_kv_copy_blocks(c.core, *c.stream, kv_cache_arg(env, info[1], c), TENSOR(2, "pairs"));
   });
 }
 

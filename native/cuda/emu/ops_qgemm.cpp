@@ -1,0 +1,3 @@
+// cuda-emu: the qgemm family compiled by g++ against cuemu (the source is shared with the `cuda`
+// backend; see native/cuda/launch.h).
+#include "../ops_qgemm.cu"
