@@ -300,7 +300,7 @@ describe.each(cases)('paged attention parity: backend $name', ({ name, backend, 
     const vT = rt.tensor(encode(src, vRaw), [totalKv, H, D], { dtype: src });
     ops.kvAppend(cache, layer, kT, vT, slots);
 
-    const data = await cache.data.read();
+    const data = (await cache.data.read()) as Uint8Array;
     const scales = cache.scales
       ? new Float32Array((await cache.scales.read()).slice().buffer)
       : undefined;
@@ -479,7 +479,7 @@ describe.each(cases)('paged attention parity: backend $name', ({ name, backend, 
     expect((err as KernelError).arg).toBe('slots[1]');
     await rt.defaultStream.reset();
     ops.kvAppend(cache, 0, k, k, Int32Array.from([0, 7, 1]));
-    const data = await cache.data.read();
+    const data = (await cache.data.read()) as Uint8Array;
     expect(data.some((x) => x !== 0)).toBe(true);
     k.dispose();
     cache.dispose();
