@@ -70,7 +70,10 @@ test('CMakeLists.txt reads the same JSON keys and never builds for "native"', ()
   for (const key of ['core', 'cpu_variant', 'napi', 'cuda', 'cuda_emu'])
     expect(cm).toMatch(new RegExp(`ty_json_list\\(\\w+ ${key}\\)`));
   expect(cm).toMatch(/isa_flags \$\{isa\}/);
-  expect(cm).toMatch(/CMAKE_CUDA_ARCHITECTURES 80 89 90/);
+  // Default archs 80/89/90; TACHYON_CUDA_ARCHS may narrow them, to numeric sm_80+ values only.
+  expect(cm).toMatch(/set\(TY_CUDA_ARCH_LIST 80 89 90\)/);
+  expect(cm).toMatch(/set\(CMAKE_CUDA_ARCHITECTURES \$\{TY_CUDA_ARCH_LIST\}\)/);
+  expect(cm).toMatch(/NOT a MATCHES "\^\(8\[0-9\]/);
   expect(cm).not.toMatch(/march=native|ARCHITECTURES[ "]*native/);
   // No source file is named directly in CMakeLists.txt: the JSON is the only list.
   expect(cm).not.toMatch(/native\/(cpu|napi|cuda|cuemu)\/[\w/]+\.(cpp|cu)/);

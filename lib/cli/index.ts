@@ -10,15 +10,17 @@ import { loadModel, LoadModelOptions } from '../model/model';
 import { quantizeFile, QuantizeTarget } from '../model/quantize-file';
 import { runE2e } from '../bench/e2e';
 import { doctor } from '../runtime/doctor';
-import { loadRuntime, Isa } from '../runtime/runtime';
+import { Backend, BACKENDS, loadRuntime, Isa } from '../runtime/runtime';
 import { version } from '../version';
-import { makeReport, measureMachine, printReport, writeJson } from '../bench/common';
+import { makeReport, measureRooflines, printReport, writeJson } from '../bench/common';
 import { runMain } from '../bench/main';
 import { GEMM_FORMATS, runGemm } from '../bench/gemm';
 import { runAttention } from '../bench/attention';
 import { runServe, ServeScenario } from '../bench/serve';
 
 const SUITES = ['main', 'gemm', 'attention', 'e2e', 'serve'] as const;
+/** The suites that run on a device backend (the others drive a whole model on the CPU). */
+const DEVICE_SUITES: readonly string[] = ['main', 'gemm', 'attention'];
 
 export function main(argv: string[]): void {
   const program = new Command();
@@ -60,6 +62,11 @@ export function main(argv: string[]): void {
     .option('--repeats <n>', 'timed repeats per case (median reported)', '7')
     .option('--threads <n>', 'compute threads')
     .option('--isa <isa>', 'force an ISA variant (scalar, avx2, avx512)')
+    .option(
+      '--backend <name>',
+      `main, gemm, attention: where the kernels and the rooflines run (${BACKENDS.join(', ')})`,
+      'cpu',
+    )
     .option('--quick', 'smaller shapes (smoke test)')
     .option(
       '--formats <list>',
@@ -81,6 +88,7 @@ export function main(argv: string[]): void {
           repeats: string;
           threads?: string;
           isa?: string;
+          backend: string;
           quick?: boolean;
           formats?: string;
           batches?: string;
@@ -98,12 +106,25 @@ export function main(argv: string[]): void {
           process.exitCode = 2;
           return;
         }
+        if (!(BACKENDS as readonly string[]).includes(o.backend)) {
+          console.error(`Unknown backend '${o.backend}'. Expected one of: ${BACKENDS.join(', ')}`);
+          process.exitCode = 2;
+          return;
+        }
+        if (o.backend !== 'cpu' && !DEVICE_SUITES.includes(suite)) {
+          console.error(
+            `--backend ${o.backend}: the ${suite} suite runs on the CPU only (device suites: ${DEVICE_SUITES.join(', ')})`,
+          );
+          process.exitCode = 2;
+          return;
+        }
         const rt = await loadRuntime({
+          backend: o.backend as Backend,
           threads: o.threads ? Number(o.threads) : undefined,
           isa: o.isa as Isa | undefined,
         });
         const repeats = Math.max(1, Number(o.repeats) || 7);
-        const machine = await measureMachine(rt, Math.min(repeats, 5));
+        const machine = await measureRooflines(rt, Math.min(repeats, 5));
         const list = (x?: string): string[] | undefined => x?.split(',').map((s) => s.trim());
         const results =
           suite === 'gemm'

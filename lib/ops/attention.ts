@@ -191,7 +191,7 @@ export function planAttention(
       table.indptr,
       table.indices,
       table.lastPageLen,
-      cache.runtime.threads,
+      cache.runtime.parallelism,
       options.splitTokens ?? 0,
     );
     return new AttentionPlan(h, options.qHeads);

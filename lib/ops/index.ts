@@ -10,6 +10,7 @@ export { softmax } from './softmax';
 export type { SoftmaxOptions } from './softmax';
 export { embedding } from './embedding';
 export type { EmbeddingOptions } from './embedding';
+export { sample, argmax, type SampleParams, type SampleOptions, type SampleResult } from './sample';
 export { cast } from './cast';
 export type { OpOptions } from './common';
 export * as reference from './reference';
@@ -25,6 +26,7 @@ export {
   fuseGateUp,
   qmatmulGrouped,
   expertPermutation,
+  packedBytes,
 } from './quant';
 export type {
   QuantFormat,

@@ -1,6 +1,6 @@
 import { DType, FloatDType } from '../runtime/dtype';
 import { invalidArg, KernelError } from '../runtime/errors';
-import { Runtime } from '../runtime/runtime';
+import { Backend, Runtime } from '../runtime/runtime';
 import { Tensor } from '../runtime/tensor';
 import { binding, enqueue, OpOptions, optTensorArg, outArg, streamOf, tensorArg } from './common';
 
@@ -308,20 +308,49 @@ function nativePlain(p: PlainQuantized): Record<string, unknown> {
   };
 }
 
+/**
+ * Bytes of the packed form of quantized weights [N, K] on a backend. The layouts differ: the CPU
+ * packs 16-channel SIMD panels; the device backends (cuda, cuda-emu) keep the layout their kernels
+ * read: int4 and q4k in the W4A16 kernel's tensor-core fragment tiles, int8 and fp8 as codes
+ * [N, K] followed by the scales at a 256-byte boundary (native/cpu/device.h). So a packed tensor
+ * belongs to the backend that packed it: on a device, build it with packQuantized from the plain
+ * parts (quantize / importGguf / unpack run on the CPU). Formats a backend cannot run throw
+ * E_UNSUPPORTED naming `format` (q6k and fused gate/up on the device backends).
+ */
+export function packedBytes(
+  format: QuantFormat,
+  shape: readonly [number, number],
+  backend: Backend = 'cpu',
+): number {
+  return packedBytesOf(
+    resolveFormat(format, 'packedBytes'),
+    shapeArg(shape, 'packedBytes'),
+    backend,
+    'packedBytes',
+  );
+}
+
+function packedBytesOf(
+  f: ResolvedQuantFormat & { gateUp?: boolean },
+  shape: readonly [number, number],
+  backend: Backend,
+  op: string,
+): number {
+  try {
+    return binding().packedBytes(f, shape[0], shape[1], backend);
+  } catch (e) {
+    if (e instanceof KernelError) Object.assign(e, { op, backend });
+    throw e;
+  }
+}
+
 function allocPacked(
   rt: Runtime,
   f: ResolvedQuantFormat,
   shape: [number, number],
   op: string,
 ): Tensor {
-  let bytes: number;
-  try {
-    bytes = binding().packedBytes(f, shape[0], shape[1]);
-  } catch (e) {
-    if (e instanceof KernelError) (e as { op: string }).op = op;
-    throw e;
-  }
-  return rt.empty([bytes], 'u8');
+  return rt.empty([packedBytesOf(f, shape, rt.backend, op)], 'u8');
 }
 
 /**
@@ -530,13 +559,7 @@ export function fuseGateUp(
     );
   const shape: [number, number] = [gate.shape[0], gate.shape[1]];
   const fused = { ...gate.format, gateUp: true };
-  let bytes: number;
-  try {
-    bytes = binding().packedBytes(fused, shape[0], shape[1]);
-  } catch (e) {
-    if (e instanceof KernelError) (e as { op: string }).op = 'fuseGateUp';
-    throw e;
-  }
+  const bytes = packedBytesOf(fused, shape, g.runtime.backend, 'fuseGateUp');
   const out = g.runtime.empty([bytes], 'u8');
   try {
     binding().fuseGateUp(

@@ -62,7 +62,10 @@ export class Stream {
   synchronize(): Promise<void> {
     return this.native.synchronize();
   }
-  /** Resolves with a monotonic timestamp in ms, taken when the stream reaches this point (like cudaEventRecord). */
+  /**
+   * Resolves with a monotonic timestamp in ms, taken when the stream reaches this point (like a
+   * cudaEvent recorded and waited on: on a device, once the work queued before it has finished).
+   */
   timestamp(): Promise<number> {
     return this.native.timestamp();
   }
@@ -90,6 +93,11 @@ export class Runtime {
   readonly isa: Isa;
   /** The device behind a `cuda` / `cuda-emu` runtime, in words; undefined on `cpu`. */
   readonly device: string | undefined;
+  /**
+   * How many independent workers a work partition should fill: the thread count on `cpu`, the
+   * SM count on `cuda` (planAttention splits work for it).
+   */
+  readonly parallelism: number;
   readonly defaultStream: Stream;
   private _disposed = false;
 
@@ -102,7 +110,9 @@ export class Runtime {
   ) {
     const b = binding();
     this.native = new b.Runtime(threads, isa, backend, deviceOptions);
-    this.device = this.native.info().device;
+    const info = this.native.info();
+    this.device = info.device;
+    this.parallelism = info.parallelism ?? threads;
     this.backend = backend;
     this.threads = threads;
     this.isa = isa;

@@ -34,10 +34,10 @@ void need_plain_layout(const WeightFormat& f, const char* op) {
                 "format");
 }
 
-void need_packed(const T& packed, const WeightFormat& f, int64_t N, int64_t K, const char* arg) {
+void need_packed(const T& packed, const WeightFormat& f, int64_t N, int64_t K, const char* arg, bool device = false) {
   need(packed, arg);
   need_dtype(packed, DType::u8, arg);
-  const size_t want = packed_bytes(f, N, K);
+  const size_t want = packed_bytes(f, N, K, device);
   if (packed->buf->bytes != want)
     throw Error(Code::SHAPE, std::string("Expected ") + std::to_string(want) + " bytes (the packed size of the format for [" +
                                  std::to_string(N) + ", " + std::to_string(K) + "]) for " + arg + " but received " +
@@ -53,6 +53,13 @@ void need_shape(const T& t, std::vector<int64_t> want, const char* arg) {
     for (size_t i = 0; i < want.size(); ++i) s += (i ? ", " : "") + std::to_string(want[i]);
     throw Error(Code::SHAPE, "Expected shape " + s + "] for " + arg + " but received " + t->shape_str(), arg);
   }
+}
+
+// Device kernels that keep the activations in 16 bits (W4A16, fp8 W8A16) take f16 / bf16 only.
+void need_act16(const T& a, const char* kernel) {
+  if (a->dtype != DType::f16 && a->dtype != DType::bf16)
+    throw Error(Code::UNSUPPORTED, std::string("The device's ") + kernel + " kernel takes f16 or bf16 activations but a is " +
+                                       dtype_name(a->dtype) + " (cast it first)", "a");
 }
 
 // Packed bytes of one 16-channel panel (both families use 16-channel panels).
@@ -140,8 +147,16 @@ size_t panel_offset(const WeightFormat& f, int64_t n0, int64_t K) {
 
 }  // namespace
 
-size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K) {
+size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K, bool device) {
   need_format(f, N, K);
+  if (device) {
+    const size_t b = f.gate_up ? 0 : Device::qdev_bytes(f.fp8, f.q, f.f8, N, K);
+    if (b == 0)
+      throw Error(Code::UNSUPPORTED, std::string("The device backends (cuda, cuda-emu) have no kernel for ") +
+                                         (f.gate_up ? "fused gate/up weights (use separate gate and up tensors)"
+                                                    : "q6k weights (use q4k, int4, int8 or fp8)"), "format");
+    return b;
+  }
   if (f.gate_up) return q_gate_up_layout(f.q, N, K).total;
   return f.fp8 ? fp8_packed_layout(f.f8, N, K).total : q_packed_layout(f.q, N, K).total;
 }
@@ -265,12 +280,73 @@ Plain plain_view(const WeightFormat& f, int64_t N, int64_t n0, int64_t rows, int
 }
 }  // namespace
 
+namespace {
+// Rows [n0, n0 + rows) of a plain tensor set in host memory (every part is [N, ...] row-major).
+QPlain plain_rows(const QPlain& p, int64_t n0, int64_t rows) {
+  QPlain v = p;
+  v.N = rows;
+  auto at = [&](void* b, size_t bytes) -> void* { return b ? static_cast<uint8_t*>(b) + bytes / (size_t)p.N * (size_t)n0 : nullptr; };
+  v.q = at(p.q, q_plain_q_bytes(p.fmt, p.N, p.K));
+  v.scales = at(p.scales, q_plain_scale_bytes(p.fmt, p.N, p.K));
+  v.mins = at(p.mins, q_plain_min_bytes(p.fmt, p.N, p.K));
+  v.super_d = at(p.super_d, q_plain_super_bytes(p.fmt, p.N, p.K));
+  v.super_dmin = at(p.super_dmin, q_plain_super_bytes(p.fmt, p.N, p.K));
+  return v;
+}
+
+// qpack on a device runtime: writes the device layout (cpu::Device in device.h).
+//  - int8 / fp8: the layout is the plain parts side by side, so it is assembled on the device
+//    (two device copies; the padding is zeroed so the bytes are reproducible).
+//  - int4 / q4k: the W4A16 kernel's fragment tiles. The plain parts are downloaded on the stream,
+//    repacked on the host (whole 16-channel panels in parallel on the pool, with the kernel
+//    header's own w4a16_repack, which its driver checks bit for bit) and uploaded: one PCIe round
+//    trip of the 4-bit weights at load time, and no second implementation of the layout.
+void qpack_device(const Core& rt, Stream& s, const PlainTensors& plain, const WeightFormat& f, int64_t N, int64_t K, const T& packed) {
+  const size_t total = packed->buf->bytes;
+  if (Device::qdev_kind(f.fp8, f.q) != Device::QDevKind::w4a16) {
+    const size_t off = (size_t)Device::qdev_scale_offset(N, K);
+    device_enqueue(rt, s, "qpack", {plain.codes, plain.scales, packed}, [plain, packed, off, total](Device& d, DeviceStream& q) {
+      uint8_t* dst = static_cast<uint8_t*>(packed->buf->data);
+      const size_t cb = plain.codes->buf->bytes, sb = plain.scales->buf->bytes;
+      const std::vector<uint8_t> zero(std::max(off - cb, total - off - sb), 0);
+      d.device_copy(dst, plain.codes->buf->data, cb, q);
+      if (off > cb) d.to_device(dst + cb, zero.data(), off - cb, q);
+      d.device_copy(dst + off, plain.scales->buf->data, sb, q);
+      if (total > off + sb) d.to_device(dst + off + sb, zero.data(), total - off - sb, q);
+    });
+    return;
+  }
+  device_enqueue(rt, s, "qpack", {plain.codes, plain.scales, plain.mins, plain.super_d, plain.super_dmin, packed},
+                 [rt, plain, f, N, K, packed, total](Device& d, DeviceStream& q) {
+                   PlainBuf h(f, N, K);
+                   auto down = [&](std::vector<uint8_t>& v, const T& t) {
+                     if (t && !v.empty()) d.to_host(v.data(), t->buf->data, v.size(), q);
+                   };
+                   down(h.q, plain.codes);
+                   down(h.s, plain.scales);
+                   down(h.m, plain.mins);
+                   down(h.sd, plain.super_d);
+                   down(h.sdm, plain.super_dmin);
+                   q.synchronize();
+                   std::vector<uint8_t> out(total);
+                   const size_t per_panel = total / (size_t)((N + kQPanel - 1) / kQPanel);
+                   for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
+                     const size_t o = (size_t)(n0 / kQPanel) * per_panel;
+                     const size_t n = (size_t)((rows + kQPanel - 1) / kQPanel) * per_panel;
+                     d.qrepack_w4a16(plain_rows(h.p.q, n0, rows), out.data() + o, n);
+                   });
+                   d.to_device(packed->buf->data, out.data(), total, q);  // returns once `out` may be freed
+                 });
+}
+}  // namespace
+
 void op_qpack(const Core& rt, Stream& s, const PlainTensors& plain, const WeightFormat& f, int64_t N, int64_t K,
               const T& packed) {
   need_plain_layout(f, "qpack");
   need_format(f, N, K);
   need_plain(f, N, K, plain);
-  need_packed(packed, f, N, K, "out");
+  need_packed(packed, f, N, K, "out", rt->device != nullptr);
+  if (rt->device) return qpack_device(rt, s, plain, f, N, K, packed);
   s.enqueue("qpack", [rt, plain, f, N, K, packed] {
     for_chunks(rt->pool, f, N, K, [&](int64_t n0, int64_t rows) {
       repack_rows(f, plain_view(f, N, n0, rows, K, plain), static_cast<uint8_t*>(packed->buf->data) + panel_offset(f, n0, K));
@@ -319,7 +395,7 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
   need_float(a, "a");
   need_rank(a, 1, kMaxDims, "a");
   need_format(f, N, K);
-  need_packed(packed, f, N, K, "weights");
+  need_packed(packed, f, N, K, "weights", rt->device != nullptr);
   if (a->shape.back() != K)
     throw Error(Code::SHAPE, "Expected a.shape[-1] to be " + std::to_string(K) + " (K of the weights) but received " +
                                  std::to_string(a->shape.back()), "a");
@@ -359,6 +435,11 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
     g.residual = residual ? residual->buf->data : nullptr;
     g.ldr = N;
     fp8gemm_check(g, K);
+    if (rt->device) {
+      if (f.act == Fp8Act::w8a16) need_act16(a, "fp8 W8A16");
+      device_enqueue(rt, s, "qmatmul", {a, packed, bias, residual, out}, [g](Device& d, DeviceStream& q) { d.fp8gemm(g, q); });
+      return;
+    }
     auto fn = TY_DISPATCH(rt->isa, fp8gemm);
     s.enqueue("qmatmul", [rt, a, packed, bias, residual, out, g, fn] { fn(g, rt->pool); });
     return;
@@ -377,6 +458,11 @@ void op_qmatmul(const Core& rt, Stream& s, const T& a, const T& packed, const We
   g.residual = residual ? residual->buf->data : nullptr;
   g.ldr = N;
   qgemm_check(g, K);  // the kernel's own contract, checked once more here
+  if (rt->device) {
+    if (Device::qdev_kind(false, f.q) == Device::QDevKind::w4a16) need_act16(a, "W4A16");
+    device_enqueue(rt, s, "qmatmul", {a, packed, bias, residual, out}, [g](Device& d, DeviceStream& q) { d.qgemm(g, q); });
+    return;
+  }
   auto fn = TY_DISPATCH(rt->isa, qgemm);
   s.enqueue("qmatmul", [rt, a, packed, bias, residual, out, g, fn] { fn(g, rt->pool); });
 }
@@ -408,11 +494,13 @@ void op_qmatmul_grouped(const Core& rt, Stream& s, const T& a, const std::vector
   need_float(a, "a");
   need_rank(a, 2, 2, "a");
   need_format(f, N, K);
-  if (f.fp8) throw Error(Code::UNSUPPORTED, "Grouped (MoE) matmul takes integer formats only (not fp8)", "format");
+  const bool dev = rt->device != nullptr;
+  // (the device backends have fp8 grouped kernels; the CPU has none)
+  if (f.fp8 && !dev) throw Error(Code::UNSUPPORTED, "Grouped (MoE) matmul takes integer formats only (not fp8)", "format");
   if (experts.empty()) throw Error(Code::INVALID_ARG, "Expected at least one expert", "experts");
   for (size_t e = 0; e < experts.size(); ++e) {
     const std::string arg = "experts[" + std::to_string(e) + "]";
-    need_packed(experts[e], f, N, K, arg.c_str());
+    need_packed(experts[e], f, N, K, arg.c_str(), dev);
   }
   if (a->shape[1] != K)
     throw Error(Code::SHAPE, "Expected a.shape[1] to be " + std::to_string(K) + " (K of the experts) but received " +
@@ -452,6 +540,23 @@ void op_qmatmul_grouped(const Core& rt, Stream& s, const T& a, const std::vector
   g.ldc = N;
   g.bias = bias ? static_cast<const float*>(bias->buf->data) : nullptr;
   g.ldb = bias ? bias->shape[1] : 0;
+  if (dev) {
+    // rows / offsets are checked by the kernels on the device (reported at the next completion
+    // point with the CPU's code and argument).
+    if (f.fp8 ? f.act == Fp8Act::w8a16 : Device::qdev_kind(false, f.q) == Device::QDevKind::w4a16)
+      need_act16(a, f.fp8 ? "fp8 W8A16" : "W4A16");
+    std::vector<T> keep(experts);
+    for (const T& t : {a, rows, offsets, bias, out}) keep.push_back(t);
+    const bool fp8 = f.fp8;
+    const Fp8Format f8 = f.f8;
+    const Fp8Act act = f.act;
+    device_enqueue(rt, s, "qmatmulGrouped", std::move(keep), [g, ptrs, fp8, f8, act](Device& d, DeviceStream& q) mutable {
+      g.w = ptrs->data();
+      if (fp8) d.fp8gemm_grouped(f8, act, g, q);
+      else d.qgemm_grouped(g, q);
+    });
+    return;
+  }
   auto fn = TY_DISPATCH(rt->isa, qgemm_grouped);
   auto keep = std::make_shared<std::vector<T>>(experts);
   // rows / offsets are data, possibly still being written by queued ops: they are checked
@@ -484,6 +589,22 @@ void op_moe_combine(const Core& rt, Stream& s, const T& y, const T& slot, const 
   if (out->buf == y->buf) throw Error(Code::INVALID_ARG, "Expected out not to alias y", "out");
   if (T_ == 0 || N == 0) return;
   const DType ydt = y->dtype;
+  if (rt->device) {
+    // slot values are device data: checked by the kernel, reported at the next completion point
+    Device::MoeCombineArgs m;
+    m.y_dtype = ydt;
+    m.tokens = T_;
+    m.k = k;
+    m.n = N;
+    m.rows = R;
+    m.y = y->buf->data;
+    m.slot = static_cast<const int32_t*>(slot->buf->data);
+    m.weights = static_cast<const float*>(weights->buf->data);
+    m.accumulate = accumulate;
+    m.out = static_cast<float*>(out->buf->data);
+    device_enqueue(rt, s, "moeCombine", {y, slot, weights, out}, [m](Device& d, DeviceStream& q) { d.moe_combine(m, q); });
+    return;
+  }
   s.enqueue("moeCombine", [rt, y, slot, weights, out, k, accumulate, R, N, T_, ydt] {
     const int32_t* sl = static_cast<const int32_t*>(slot->buf->data);
     for (int64_t i = 0; i < T_ * k; ++i)

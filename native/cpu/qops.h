@@ -3,7 +3,11 @@
 // validates on the caller's thread, naming the argument, then enqueues on the stream.
 //
 // A quantized weight travels as a u8 tensor holding the repacked bytes (tachyon/quant.h)
-// plus its format and logical shape [N, K], which the caller passes with every op. The
+// plus its format and logical shape [N, K], which the caller passes with every op.
+// On a device runtime (cuda, cuda-emu) the bytes are the device layout (cpu::Device, device.h):
+// qpack builds it from plain parts, and qmatmul, qmatmulGrouped and moeCombine run the CUDA
+// kernels after the same validation; quantize, dequantize, qunpack, ggufImport and fuseGateUp are
+// CPU-only (pack on the CPU, unpack, and qpack the plain parts on the device). The
 // native side trusts none of it: the format is checked, and the tensor's byte size must
 // equal the packed size of (format, N, K). Any byte content is safe to compute on (the
 // kernels index nothing by weight data), so a corrupted tensor gives wrong numbers, never
@@ -29,7 +33,10 @@ struct WeightFormat {
 };
 
 // Bytes of the repacked tensor; throws ty::Error naming "format" for an invalid format.
-size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K);
+// device: the layout of the device backends (cuda, cuda-emu; cpu::Device in device.h) instead of
+// the CPU's SIMD panels; formats without a device kernel (q6k, fused gate/up) throw UNSUPPORTED
+// naming "format".
+size_t packed_bytes(const WeightFormat& f, int64_t N, int64_t K, bool device = false);
 
 // w: f32 [N, K] -> packed. stats (optional): u8 tensor of >= 32 bytes receiving
 // {max_abs_err, rms_err, max_err_step, clamped} as four f64.

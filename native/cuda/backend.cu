@@ -101,6 +101,7 @@ class CudaBase : public cpu::Device {
     return std::string(prop_.name) + " (sm_" + std::to_string(prop_.major * 10 + prop_.minor) + ", " +
            std::to_string(prop_.multiProcessorCount) + " SMs, " + std::to_string(prop_.totalGlobalMem >> 20) + " MiB)";
   }
+  int parallelism() const override { return prop_.multiProcessorCount; }
   std::shared_ptr<cpu::Buffer> allocate(size_t bytes) override {
     check(cudaSetDevice(dev_), "cudaSetDevice");
     void* p = nullptr;

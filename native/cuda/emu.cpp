@@ -60,6 +60,9 @@ class EmuBase : public cpu::Device {
     return "cuemu: the CUDA execution model on the CPU (one fiber per CUDA thread), schedule " + cuemu::schedule_name(sched_) +
            ", sm_80 limits (48 KiB shared memory per block, 227 KiB opt-in)";
   }
+  // A small device: plans split work as they would for a 4-SM GPU (split-KV and split-K paths
+  // stay exercised without making emulated launches large).
+  int parallelism() const override { return 4; }
   std::shared_ptr<cpu::Buffer> allocate(size_t bytes) override {
     auto b = cpu::Buffer::allocate(bytes);
     b->space = cpu::MemSpace::cuda_emu;

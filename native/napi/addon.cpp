@@ -168,6 +168,7 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
     return DefineClass(env, "NativeRuntime", {InstanceMethod<&RuntimeW::Info>("info"), InstanceMethod<&RuntimeW::Dispose>("dispose")});
   }
   RuntimeW(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RuntimeW>(info) {
+    std::string backend = "cpu";
     try {
       int threads = (int)integer(info[0], "threads", 1, 1024);
       std::string isa = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
@@ -178,7 +179,7 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
         throw Error(Code::UNSUPPORTED, std::string("Expected an ISA this CPU supports (") + cpu::isa_name(have) +
                                            " or lower) for isa but received " + isa, "isa");
       // new NativeRuntime(threads, isa, backend?, {schedule?, device?})
-      std::string backend = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
+      backend = info.Length() > 2 && info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
       Napi::Object opts = info.Length() > 3 && info[3].IsObject() ? info[3].As<Napi::Object>() : Napi::Object::New(info.Env());
       std::shared_ptr<cpu::Device> dev;
       if (backend == "cuda-emu") {
@@ -193,11 +194,10 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
       }
       core_ = std::make_shared<cpu::RuntimeCore>(threads, want, std::move(dev));
     } catch (const Error& e) {
+      // The backend the error belongs to: a device backend's own failure names it, an
+      // unknown backend string is reported against cpu.
       throw make_error(info.Env(), e.code, e.what(), "loadRuntime", e.arg,
-                       info.Length() > 2 && info[2].IsString() && (info[2].As<Napi::String>().Utf8Value() == "cuda" ||
-                                                                    info[2].As<Napi::String>().Utf8Value() == "cuda-emu")
-                           ? (info[2].As<Napi::String>().Utf8Value() == "cuda" ? "cuda" : "cuda-emu")
-                           : "cpu");
+                       backend == "cuda" || backend == "cuda-emu" ? backend.c_str() : "cpu");
     }
   }
   Core core(const char* op) {
@@ -214,6 +214,7 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
       o.Set("isa", cpu::isa_name(core_->isa));
       o.Set("backend", core_->backend());
       if (core_->device) o.Set("device", core_->device->describe());
+      o.Set("parallelism", core_->device ? core_->device->parallelism() : core_->pool.threads());
     }
     return o;
   }
@@ -342,7 +343,12 @@ class StreamW : public Napi::ObjectWrap<StreamW> {
   Napi::Value Timestamp(const Napi::CallbackInfo& info) {
     try {
       auto v = std::make_shared<double>(0);
-      return Complete(info.Env(), ctx("timestamp"), Completion::kTime, [v] {
+      const std::shared_ptr<StreamCtx>& c = ctx("timestamp");
+      // On a device the clock is read once the device has finished the work queued before this
+      // point (like an event recorded and waited on), not when the stream thread launched it.
+      cpu::DeviceStream* ds = c->stream->device();
+      return Complete(info.Env(), c, Completion::kTime, [v, ds] {
+        if (ds) ds->synchronize();
         *v = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
       }, nullptr, v);
     } catch (const Error& e) {
@@ -555,8 +561,10 @@ bool device_op(const char* op) {
       "matmul", "binary", "siluMul", "rmsNorm", "rope", "softmax", "embedding", "copy", "emuSelftest",
       // paged KV cache and attention (kvSwap raises its own E_UNSUPPORTED naming the host buffer)
       "kvAppend", "attention", "attentionMerge", "kvCopyBlocks", "kvSwap",
-      // quantized GEMM family
-      // sampling family
+      // quantized GEMM family (weights in the device layout; see cpu::Device in device.h)
+      "qpack", "qmatmul", "qmatmulGrouped", "moeCombine",
+      // sampling family (sample: device runtimes only, the cpu backend samples in lib/ops/sample.ts)
+      "sample",
   };
   for (const char* o : ops)
     if (std::strcmp(o, op) == 0) return true;
@@ -626,6 +634,69 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     cpu::op_embedding(c.core, *c.stream, TENSOR(1, "table"), TENSOR(2, "ids"), TENSOR(3, "out"));
   });
 }
+// sample(stream, logits, params: Float64Array [rows * 5] | null, logprobs: boolean)
+//   -> Promise<ArrayBuffer>, device runtimes only (on cpu, lib/ops/sample.ts samples in
+// TypeScript with the same core the Sampler uses). params: per row temperature, topP, minP, u,
+// topK (null: argmax of every row). The buffer is cpu::Device::sample's result: the fault word
+// (u64), i32 tokens [rows], then f32 logprobs [rows] when asked. lib/ops/sample.ts validates
+// everything first and words a bad row's error; this checks again (native never trusts JS).
+Napi::Value Sample(const Napi::CallbackInfo& info) {
+  Napi::Value promise;
+  guard(info, "sample", [&](Napi::Env env, StreamCtx& c) {
+    if (!c.core->device)
+      throw Error(Code::UNSUPPORTED, "The native sample op runs on device backends; on cpu, lib/ops/sample.ts samples in TypeScript",
+                  "stream");
+    T logits = TENSOR(1, "logits");
+    if (logits->dtype != DType::f32 && logits->dtype != DType::f16 && logits->dtype != DType::bf16)
+      throw Error(Code::DTYPE, std::string("Expected an f32, f16 or bf16 tensor for logits but received ") + dtype_name(logits->dtype),
+                  "logits");
+    if (logits->shape.size() != 1 && logits->shape.size() != 2)
+      throw Error(Code::SHAPE, "Expected logits of shape [rows, vocab] or [vocab] but received " + logits->shape_str(), "logits");
+    const int64_t vocab = logits->shape.back();
+    const int64_t rows = logits->shape.size() == 2 ? logits->shape[0] : 1;
+    if (vocab < 1 || vocab > ((int64_t)1 << 21))
+      throw Error(Code::UNSUPPORTED, "Expected a vocabulary in [1, 2^21] for logits but received " + std::to_string(vocab), "logits");
+    if (rows > INT32_MAX) throw Error(Code::SHAPE, "Expected at most 2^31 - 1 rows of logits", "logits");
+    const bool want_lp = boolean(info[3], "logprobs");
+    const bool argmax = info[2].IsNull() || info[2].IsUndefined();
+    std::vector<cpu::Device::SampleRowParams> params;
+    if (!argmax) {
+      if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+        bad("params", "a Float64Array of rows x 5 numbers (temperature, topP, minP, u, topK)", info[2]);
+      Napi::Float64Array pa = info[2].As<Napi::Float64Array>();
+      if ((int64_t)pa.ElementLength() != rows * 5)
+        throw Error(Code::SHAPE, "Expected " + std::to_string(rows * 5) + " numbers (5 per row of logits) for params but received " +
+                                     std::to_string(pa.ElementLength()), "params");
+      params.resize((size_t)rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        const double* d = pa.Data() + r * 5;
+        const double k = d[4];
+        if (!(k >= 0 && k <= (double)INT32_MAX && std::floor(k) == k))
+          throw Error(Code::INVALID_ARG, "Expected an integer in [0, 2^31) for params[" + std::to_string(r) + "].topK",
+                      "params[" + std::to_string(r) + "].topK");
+        params[(size_t)r] = cpu::Device::SampleRowParams{d[0], d[1], d[2], d[3], (int32_t)k};
+      }  // the ranges are checked with the kernel's sample_params_check before the launch
+    }
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, cpu::Device::sample_out_bytes(rows, want_lp));
+    void* dst = ab.Data();
+    const DType dt = logits->dtype;
+    cpu::device_enqueue(c.core, *c.stream, "sample", {logits},
+                        [dt, rows, vocab, want_lp, argmax, params = std::move(params), logits, dst](cpu::Device& d, cpu::DeviceStream& ds) {
+                          cpu::Device::SampleOpArgs a;
+                          a.dtype = dt;
+                          a.rows = rows;
+                          a.vocab = vocab;
+                          a.logits = logits->buf->data;
+                          a.params = argmax ? nullptr : params.data();
+                          a.logprob = want_lp;
+                          d.sample(a, dst, ds);  // writes dst (the ArrayBuffer, alive until the completion below)
+                        });
+    napi_ref ref;
+    napi_create_reference(env, ab, 1, &ref);
+    promise = StreamW::Complete(env, TensorW::stream_arg(env, info[0]), Completion::kRead, nullptr, ref);
+  });
+  return promise;
+}
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   return guard(info, "copy", [&](Napi::Env env, StreamCtx& c) { cpu::op_copy(c.core, *c.stream, TENSOR(1, "src"), TENSOR(2, "dst")); });
 }
@@ -686,11 +757,19 @@ cpu::WeightFormat format_arg(Napi::Value v, const char* arg) {
 }
 constexpr int64_t kMaxDim = (int64_t)1 << 40;
 
+// packedBytes(format, N, K, backend = 'cpu'): the device backends have their own layout.
 Napi::Value PackedBytes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
     cpu::WeightFormat f = format_arg(info[0], "format");
-    return Napi::Number::New(env, (double)cpu::packed_bytes(f, integer(info[1], "N", 1, kMaxDim), integer(info[2], "K", 1, kMaxDim)));
+    bool device = false;
+    if (!info[3].IsUndefined()) {
+      const std::string b = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "";
+      if (b == "cuda" || b == "cuda-emu") device = true;
+      else if (b != "cpu") bad("backend", "'cpu', 'cuda' or 'cuda-emu'", info[3]);
+    }
+    return Napi::Number::New(env, (double)cpu::packed_bytes(f, integer(info[1], "N", 1, kMaxDim), integer(info[2], "K", 1, kMaxDim),
+                                                            device));
   } catch (const Error& e) {
     throw_ty(env, e, "packedBytes");
   }
@@ -707,27 +786,28 @@ Napi::Value Dequantize(const Napi::CallbackInfo& info) {
   });
 }
 // The plain parts arrive as an object {codes, scales, mins?, superD?, superDmin?}.
-cpu::PlainTensors plain_arg(Napi::Env env, Napi::Value v) {
+// They must live where the stream's runtime computes (qpack runs on the device backends too).
+cpu::PlainTensors plain_arg(Napi::Env env, Napi::Value v, const StreamCtx& c) {
   if (!v.IsObject()) bad("plain", "an object of Tensors {codes, scales, mins, superD, superDmin}", v);
   Napi::Object o = v.As<Napi::Object>();
   cpu::PlainTensors p;
-  p.codes = TensorW::tensor_arg(env, o.Get("codes"), "codes");
-  p.scales = TensorW::tensor_arg(env, o.Get("scales"), "scales");
-  p.mins = TensorW::tensor_arg(env, o.Get("mins"), "mins", true);
-  p.super_d = TensorW::tensor_arg(env, o.Get("superD"), "superD", true);
-  p.super_dmin = TensorW::tensor_arg(env, o.Get("superDmin"), "superDmin", true);
+  p.codes = TensorW::tensor_arg(env, o.Get("codes"), "codes", c);
+  p.scales = TensorW::tensor_arg(env, o.Get("scales"), "scales", c);
+  p.mins = TensorW::tensor_arg(env, o.Get("mins"), "mins", c, true);
+  p.super_d = TensorW::tensor_arg(env, o.Get("superD"), "superD", c, true);
+  p.super_dmin = TensorW::tensor_arg(env, o.Get("superDmin"), "superDmin", c, true);
   return p;
 }
 Napi::Value QPack(const Napi::CallbackInfo& info) {
   return guard(info, "qpack", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_qpack(c.core, *c.stream, plain_arg(env, info[1]), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
+    cpu::op_qpack(c.core, *c.stream, plain_arg(env, info[1], c), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
                   integer(info[4], "K", 1, kMaxDim), TENSOR(5, "out"));
   });
 }
 Napi::Value QUnpack(const Napi::CallbackInfo& info) {
   return guard(info, "qunpack", [&](Napi::Env env, StreamCtx& c) {
     cpu::op_qunpack(c.core, *c.stream, TENSOR(1, "weights"), format_arg(info[2], "format"), integer(info[3], "N", 1, kMaxDim),
-                    integer(info[4], "K", 1, kMaxDim), plain_arg(env, info[5]));
+                    integer(info[4], "K", 1, kMaxDim), plain_arg(env, info[5], c));
   });
 }
 Napi::Value GgufImport(const Napi::CallbackInfo& info) {
@@ -750,7 +830,7 @@ Napi::Value QMatmulGrouped(const Napi::CallbackInfo& info) {
     std::vector<T> experts;
     for (uint32_t i = 0; i < arr.Length(); ++i) {
       const std::string arg = "experts[" + std::to_string(i) + "]";
-      experts.push_back(TensorW::tensor_arg(env, arr.Get(i), arg.c_str()));
+      experts.push_back(TensorW::tensor_arg(env, arr.Get(i), arg.c_str(), c));
     }
     cpu::op_qmatmul_grouped(c.core, *c.stream, TENSOR(1, "a"), experts, format_arg(info[3], "format"),
                             integer(info[4], "N", 1, kMaxDim), integer(info[5], "K", 1, kMaxDim), TENSOR(6, "rows"),
@@ -1046,6 +1126,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("embedding", Napi::Function::New(env, Embedding));
+  exports.Set("sample", Napi::Function::New(env, Sample));
   exports.Set("copy", Napi::Function::New(env, Copy));
   exports.Set("probe", Napi::Function::New(env, Probe));
   exports.Set("emuSelftest", Napi::Function::New(env, EmuSelftest));

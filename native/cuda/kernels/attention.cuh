@@ -65,6 +65,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 // ---- the plan on the device ---------------------------------------------------------------------
 // The backend packs the host plan (attention_plan_pack into a staging buffer of
@@ -895,5 +896,6 @@ inline Status attention_merge(const AttentionMergeArgs& a, stream_t s = stream_t
                 a.lse);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -30,8 +30,22 @@
 #define TY_DEV inline
 #endif
 
+// The addon links both compilations of these headers (nvcc's for `cuda`, g++'s against cuemu for
+// `cuda-emu`), so everything here lives in an inline namespace named after the compiler: a
+// non-template kernel's nvcc launch stub and its cuemu body would otherwise be two definitions of
+// one symbol (and the linker could bind one backend's launches to the other's). Code keeps
+// spelling names ty::cuda::X.
+#if !defined(TY_CUDA_BUILD)
+#if defined(__CUDACC__)
+#define TY_CUDA_BUILD nv
+#else
+#define TY_CUDA_BUILD emu
+#endif
+#endif
+
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 #if defined(__CUDACC__)
 using stream_t = cudaStream_t;
@@ -204,5 +218,6 @@ TY_DEV float block_maxmin(float v, bool use_max, float* red) {
   return use_max ? warp_max(v) : warp_min(v);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -14,6 +14,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 template <class T, int OP, bool BCAST, int V>
 __global__ void __launch_bounds__(256) binary_kernel(const T* a, const T* b, T* out, int64_t total, int64_t cols) {
@@ -116,5 +117,6 @@ inline Status silu_mul(const SiluMulArgs& a, stream_t s = stream_t(), const Devi
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -17,6 +17,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 constexpr unsigned long long kEmbeddingNoError = ~0ull;
 constexpr int kEmbedThreads = 128;
@@ -94,5 +95,6 @@ inline Status embedding(const EmbeddingArgs& a, unsigned long long* bad, stream_
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

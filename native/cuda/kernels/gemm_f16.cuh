@@ -29,6 +29,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_, int STAGES_>
 struct GemmTile {
@@ -238,5 +239,6 @@ inline Status gemm(const GemmArgs& g, stream_t s = stream_t(), const DeviceLimit
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -37,6 +37,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 enum class Fp8Path { automatic, mma, dequant };
 
@@ -498,5 +499,6 @@ inline Status fp8gemm_grouped(const Fp8GroupedPlainArgs& a, stream_t s = stream_
   return gemm(false);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

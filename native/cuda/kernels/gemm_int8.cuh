@@ -56,6 +56,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 // The device a quantized GEMM runs on: the launch limits and the compute capability
 // (major * 10 + minor, from cudaDevAttrComputeCapabilityMajor / Minor; the backend fills it).
@@ -1010,5 +1011,6 @@ inline Status qgemm_grouped_int8(const QGroupedPlainArgs& a, stream_t s = stream
   return detail::int8_gemm_dispatch(G, p, t, 0, cap, dev.limits, s, false);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

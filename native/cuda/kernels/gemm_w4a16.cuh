@@ -92,6 +92,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 // ================================================================================================
 // Host side: packed layout, repack, unpack
@@ -852,9 +853,15 @@ __global__ void __launch_bounds__(TL::THREADS, TL::MINB) w4a16_kernel(const W4Pa
 // Split-K workspace (device memory). The first `cnt_bytes` hold one u32 ticket per output tile
 // and must be zero before the first launch that uses the buffer (cudaMemset once); the kernel
 // leaves them zero after every complete launch. One workspace per stream.
+// Optionally the tickets live in a buffer of their own (`tickets`, at least W4A16Plan::cnt_bytes,
+// zero before its first use): then `ptr` holds only the partials, and a caller that launches
+// shapes of different tile counts can zero the tickets once (with one combined buffer the
+// partials of a launch with few tiles land where a larger launch keeps its tickets).
 struct W4A16Workspace {
   void* ptr = nullptr;
   size_t bytes = 0;
+  unsigned* tickets = nullptr;
+  size_t ticket_bytes = 0;
 };
 
 struct W4A16Tuning {
@@ -869,7 +876,7 @@ struct W4A16Plan {
   int splits = 1;
   int n_tiles = 0, m_tiles = 0;
   size_t smem = 0;
-  size_t ws_bytes = 0;   // workspace needed (0 when splits == 1)
+  size_t ws_bytes = 0;   // workspace needed (0 when splits == 1; partials only with W4A16Workspace::tickets)
   size_t cnt_bytes = 0;  // of which tickets
 };
 
@@ -961,18 +968,26 @@ inline Status w4_plan(const W4A16Layout& L, int64_t rows, int64_t experts, const
     while (s > 1 && 2.0 * double(tiles) * double(s) * double(w4_slot_floats(cfg)) * 4.0 > 0.25 * wbytes) --s;
     S = int(s > 16 ? 16 : (s < 1 ? 1 : s));
   }
+  const bool own_tickets = ws.tickets != nullptr;  // tickets in their own buffer: ptr holds partials only
   auto need = [&](int s, size_t* cnt) {
     *cnt = (size_t(tiles) * 4 + 255) & ~size_t(255);
-    return s > 1 ? *cnt + size_t(tiles) * size_t(s) * w4_slot_floats(cfg) * 4 : size_t(0);
+    return s > 1 ? (own_tickets ? 0 : *cnt) + size_t(tiles) * size_t(s) * w4_slot_floats(cfg) * 4 : size_t(0);
+  };
+  auto fits = [&](int s) {
+    size_t c = 0;
+    const size_t n = need(s, &c);
+    return s <= 1 || (ws.ptr && n <= ws.bytes && (!own_tickets || c <= ws.ticket_bytes));
   };
   size_t cnt = 0;
-  if (need(S, &cnt) > ws.bytes || (S > 1 && !ws.ptr)) {
+  if (!fits(S)) {
     if (tune.splits > 0 && S > 1)
       return Status::fail(Code::INVALID_ARG, "w4a16: " + std::to_string(S) + " splits need a workspace of " +
-                                                 std::to_string(need(S, &cnt)) + " bytes (" + std::to_string(ws.bytes) + " given)",
+                                                 std::to_string(need(S, &cnt)) + " bytes (" + std::to_string(ws.bytes) + " given)" +
+                                                 (own_tickets ? " and " + std::to_string(cnt) + " bytes of tickets" : std::string()),
                           "workspace");
-    while (S > 1 && (need(S, &cnt) > ws.bytes || !ws.ptr)) --S;
+    while (!fits(S)) --S;
   }
+  need(S, &cnt);
   P.splits = S;
   P.ws_bytes = need(S, &cnt);
   P.cnt_bytes = S > 1 ? cnt : 0;
@@ -1097,8 +1112,8 @@ inline Status w4a16_gemm(const QGemmArgs& g, const W4A16Workspace& ws = {}, stre
   p.splits = P.splits;
   p.n_tiles = P.n_tiles;
   if (P.splits > 1) {
-    p.ws_cnt = static_cast<unsigned*>(ws.ptr);
-    p.ws_part = reinterpret_cast<float*>(static_cast<char*>(ws.ptr) + P.cnt_bytes);
+    p.ws_cnt = ws.tickets ? ws.tickets : static_cast<unsigned*>(ws.ptr);
+    p.ws_part = reinterpret_cast<float*>(static_cast<char*>(ws.ptr) + (ws.tickets ? 0 : P.cnt_bytes));
   }
   if (g.a_dtype == DType::f16) return detail::w4_launch_cfg<__half, false, BUG>(P, L, lim, s, p);
   return detail::w4_launch_cfg<__nv_bfloat16, false, BUG>(P, L, lim, s, p);
@@ -1187,8 +1202,8 @@ inline Status w4a16_grouped(const QGroupedArgs& g, unsigned long long* err, cons
   p.T = int(g.T);
   p.err = err;
   if (P.splits > 1) {
-    p.ws_cnt = static_cast<unsigned*>(ws.ptr);
-    p.ws_part = reinterpret_cast<float*>(static_cast<char*>(ws.ptr) + P.cnt_bytes);
+    p.ws_cnt = ws.tickets ? ws.tickets : static_cast<unsigned*>(ws.ptr);
+    p.ws_part = reinterpret_cast<float*>(static_cast<char*>(ws.ptr) + (ws.tickets ? 0 : P.cnt_bytes));
   }
   if (g.a_dtype == DType::f16) return detail::w4_launch_cfg<__half, true, BUG>(P, L, lim, s, p);
   return detail::w4_launch_cfg<__nv_bfloat16, true, BUG>(P, L, lim, s, p);
@@ -1202,5 +1217,6 @@ inline Status w4a16_grouped_plan(const QGroupedArgs& g, const W4A16Workspace& ws
   return detail::w4_plan(L, g.R, g.E, ws, lim, tune, out);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -29,6 +29,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 // ---- device fault slot (shared with attention.cuh) ---------------------------------------------
 constexpr unsigned long long kKvNoError = ~0ull;
@@ -381,5 +382,6 @@ inline Status kv_swap_blocks(const KvSwapArgs& a, unsigned long long* bad, strea
                 static_cast<unsigned char*>(a.host), a.out, bad);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

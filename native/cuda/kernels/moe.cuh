@@ -23,8 +23,9 @@
 //   moe_combine(MoeCombineArgs, err)  out[t] (+)= sum_j weights[t*k+j] * y[slot[t*k+j]], the CPU's
 //       loop exactly: per element, o = accumulate ? out : +0.0f, then for j = 0..k-1 in order
 //       o = o + (w * y) in f32 with two roundings and no FMA (__fmul_rn / __fadd_rn): bit-exact
-//       with op_moe_combine. slot -1 (dropped) adds nothing (the CPU's slot-0 / weight-0
-//       convention is computed like the CPU). A slot outside [-1, R) adds nothing and is reported
+//       with op_moe_combine. slot -1 (dropped) adds nothing unless allow_dropped is false (the
+//       CPU op's rule, which the addon uses); the CPU's slot-0 / weight-0 convention is computed
+//       like the CPU. Any other slot outside [0, R) adds nothing and is reported
 //       (i << 32 | uint32(slot)). Grid (tokens, column tiles of 512), 128 threads x 4 columns.
 #pragma once
 
@@ -32,6 +33,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 constexpr unsigned long long kMoeNoError = ~0ull;
 constexpr int32_t kMoeSlotDropped = -1;
@@ -80,6 +82,10 @@ struct MoeCombineArgs {
   const float* weights = nullptr;    // [tokens * k]
   bool accumulate = false;
   float* out = nullptr;          // f32 [tokens, n]; must not alias y
+  // true: slot -1 is a dropped assignment (adds nothing). false: the CPU op's rule (op_moe_combine,
+  // whose permutation gives dropped assignments slot 0 and weight 0): every slot must be in [0, R),
+  // and -1 is reported like any other bad slot.
+  bool allow_dropped = true;
 };
 
 namespace mdetail {
@@ -210,7 +216,7 @@ __global__ void __launch_bounds__(kMoeGatherThreads)
 template <class TY, bool VEC>
 __global__ void __launch_bounds__(kMoeCombineThreads)
     moe_combine_kernel(const TY* y, int R, int n, int k, const int32_t* slot, const float* weights, bool accumulate, float* out,
-                       unsigned long long* err) {
+                       unsigned long long* err, bool allow_dropped) {
   const int64_t t = blockIdx.x;
   const int c0 = (int(blockIdx.y) * kMoeCombineThreads + int(threadIdx.x)) * 4;
   if (c0 >= n) return;
@@ -230,7 +236,7 @@ __global__ void __launch_bounds__(kMoeCombineThreads)
   for (int j = 0; j < k; ++j) {
     const int64_t i = t * k + j;
     const int32_t s = slot[i];
-    if (s == kMoeSlotDropped) continue;
+    if (s == kMoeSlotDropped && allow_dropped) continue;
     if (s < 0 || s >= R) {
       if (blockIdx.y == 0 && threadIdx.x == 0) mdetail::report(err, i, s);
       continue;
@@ -318,9 +324,9 @@ Status moe_combine_t(const MoeCombineArgs& a, unsigned long long* err, const Dev
   const bool vec = a.n % 4 == 0 && (reinterpret_cast<uintptr_t>(y) % (4 * sizeof(TY))) == 0 && aligned16(a.out);
   if (vec)
     return launch("moe_combine_kernel", moe_combine_kernel<TY, true>, c, lim, s, y, int(a.y_rows), int(a.n), int(a.k), a.slot, a.weights,
-                  a.accumulate, a.out, err);
+                  a.accumulate, a.out, err, a.allow_dropped);
   return launch("moe_combine_kernel", moe_combine_kernel<TY, false>, c, lim, s, y, int(a.y_rows), int(a.n), int(a.k), a.slot, a.weights,
-                a.accumulate, a.out, err);
+                a.accumulate, a.out, err, a.allow_dropped);
 }
 }  // namespace detail
 
@@ -362,5 +368,6 @@ inline Status moe_combine(const MoeCombineArgs& a, unsigned long long* err, stre
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

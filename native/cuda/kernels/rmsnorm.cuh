@@ -12,6 +12,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 constexpr int kRmsThreads = 256;
 
@@ -56,5 +57,6 @@ inline Status rms_norm(const RmsNormArgs& a, stream_t s = stream_t(), const Devi
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -21,6 +21,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 constexpr int kRopeThreads = 128;
 
@@ -85,5 +86,6 @@ inline Status rope(const RopeArgs& a, stream_t s = stream_t(), const DeviceLimit
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

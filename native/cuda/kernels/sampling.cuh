@@ -70,6 +70,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 // ---- public API ---------------------------------------------------------------------------------
 
@@ -928,5 +929,6 @@ inline Status logit_adjust(const LogitAdjustArgs& a, unsigned long long* err, st
   return detail::logit_adjust_impl<0>(a, err, s, lim);
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -18,6 +18,7 @@
 
 namespace ty {
 namespace cuda {
+inline namespace TY_CUDA_BUILD {  // see common.cuh
 
 constexpr int kSoftmaxWarpRowsPerBlock = 4;
 constexpr int kSoftmaxBlockThreads = 256;
@@ -88,5 +89,6 @@ inline Status softmax(const SoftmaxArgs& a, stream_t s = stream_t(), const Devic
   }
 }
 
+}  // namespace TY_CUDA_BUILD
 }  // namespace cuda
 }  // namespace ty

@@ -1,41 +1,26 @@
 #!/usr/bin/env bash
-# Builds and runs the cuemu tests (native/tests/cuemu/cuemu_test.cpp) with g++ -O2, and checks that
-# the same kernels compile with nvcc for sm_80 and sm_89 (compile only; skipped without nvcc).
-# Usage: native/tests/cuemu/run.sh [-v]     (-v prints every checker report)
-# Exit status: non-zero on any failure.
+# Builds and runs the cuemu self-tests (native/tests/cuemu/cuemu_test.cpp) with g++ -O2, and checks
+# that the same test kernels compile with nvcc for $ARCHS (default sm_80, sm_89, sm_90), with a
+# ptxas register / spill summary (compile only; skipped without nvcc; a spill is reported, not
+# fatal: see below). Shared plumbing (OUT, NVCC, ARCHS, caching, SKIP without the CUDA headers):
+# lib.sh.
+# Usage: native/tests/cuemu/run.sh [--quick] [-v]   (-v prints every checker report; --quick is
+#        accepted and ignored: the self-tests take seconds)
+# Exit status: non-zero on any failure (a test, a build, or the nvcc compile).
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
-OUT=${TMPDIR:-/tmp}/tachyon-cuemu-test
-mkdir -p "$OUT"
-CXX=${CXX:-g++}
-CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-NVCC=${NVCC:-$CUDA_HOME/bin/nvcc}
-if [ ! -f "$CUDA_HOME/include/cuda_fp16.h" ]; then
-  echo "cuemu tests need the CUDA headers (cuda_fp16.h) under \$CUDA_HOME/include; not found: SKIPPED"
-  exit 0
-fi
-FLAGS=(-O2 -std=c++17 -Wall -Wextra -Wno-unused-parameter -isystem "$CUDA_HOME/include" -Inative)
-pids=()
-$CXX "${FLAGS[@]}" -c native/cuemu/cuemu.cpp -o "$OUT/cuemu.o" & pids+=($!)
-$CXX "${FLAGS[@]}" -c native/tests/cuemu/cuemu_test.cpp -o "$OUT/cuemu_test.o" & pids+=($!)
-NV=()
-if [ -x "$NVCC" ] || command -v "$NVCC" >/dev/null 2>&1; then
-  # Explicit archs as in the addon build: sm_80 (no e4m3 mma: traps) and sm_89 (e4m3).
-  ( "$NVCC" -std=c++17 -arch=sm_80 -c native/tests/cuemu/kernels_nvcc.cu -o "$OUT/k80.o" &&
-    "$NVCC" -std=c++17 -arch=sm_89 -c native/tests/cuemu/kernels_nvcc.cu -o "$OUT/k89.o" ) > "$OUT/nvcc.log" 2>&1 &
-  NV=($!)
-else
-  echo "nvcc not found: the nvcc compile check is SKIPPED"
-fi
-for p in "${pids[@]}"; do wait "$p"; done
-$CXX -rdynamic -o "$OUT/cuemu_test" "$OUT/cuemu_test.o" "$OUT/cuemu.o" -lpthread -ldl
-status=0
-"$OUT/cuemu_test" "$@" || status=1
-if [ ${#NV[@]} -gt 0 ]; then
-  if wait "${NV[0]}"; then
-    echo "nvcc -arch=sm_80 / sm_89 -c kernels_nvcc.cu: OK"
-  else
-    echo "nvcc compile check FAILED:"; cat "$OUT/nvcc.log"; status=1
-  fi
-fi
-exit $status
+. "$(dirname "$0")/lib.sh"
+cuemu_init test "cuemu tests"
+# These are the emulator's own test kernels (kernels.cuh), not kernels the addon runs: the nvcc
+# build is a compile check of cuemu.h / ptx.cuh for real GPUs, so a spill is reported (one
+# summary line; the per-kernel table with -v) but does not fail the script. The product kernels'
+# drivers (ops_run.sh, attn_run.sh, ...) fail on any spill.
+PTXAS_SPILLS_FAIL=0
+if [ "${1:-}" != -v ]; then PTXAS_TABLE=0; fi
+D=native/tests/cuemu
+nvcc_start $D/kernels_nvcc.cu $D/kernels.cuh native/cuemu/*.h native/cuemu/*.cuh
+build "$OUT/cuemu.o" native/cuemu/cuemu.cpp native/cuemu/cuemu.h
+build "$OUT/cuemu_test.o" $D/cuemu_test.cpp $D/check.h $D/kernels.cuh native/cuemu/*.h native/cuemu/*.cuh
+link "$OUT/cuemu_test" "$OUT/cuemu_test.o" "$OUT/cuemu.o"
+run_tests "$OUT/cuemu_test" "$@"
+nvcc_finish
+cuemu_exit
