@@ -3,7 +3,7 @@
  * Layers (imports flow one way): runtime → ops → (kv → model → engine) → cli.
  */
 export { loadRuntime, Runtime, Stream, detectedIsa } from './runtime/runtime';
-export type { RuntimeOptions, Backend, Isa } from './runtime/runtime';
+export type { RuntimeOptions, Backend, Isa, EmuSchedule, EmuArch } from './runtime/runtime';
 export { Tensor } from './runtime/tensor';
 export { KernelError } from './runtime/errors';
 export type { ErrorCode } from './runtime/errors';

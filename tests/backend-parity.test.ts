@@ -47,10 +47,10 @@ async function crossCheck(key: string, backend: string, got: Float64Array, exact
   }
 }
 
-describe.each(cases)('backend $name', ({ name, backend, schedule }) => {
+describe.each(cases)('backend $name', ({ name, backend, schedule, arch }) => {
   let rt: Runtime;
   beforeAll(async () => {
-    rt = await loadRuntime({ backend, schedule, threads: 2 });
+    rt = await loadRuntime({ backend, schedule, arch, threads: 2 });
   });
   afterAll(() => rt?.dispose());
   const device = backend !== 'cpu';

@@ -13,7 +13,7 @@
  * reference sees exactly what the kernel sees.
  */
 import { FloatDType } from '../lib/runtime/dtype';
-import { Backend, detectedIsa, EmuSchedule, Isa } from '../lib/runtime/runtime';
+import { Backend, detectedIsa, EmuArch, EmuSchedule, Isa } from '../lib/runtime/runtime';
 import { doctor } from '../lib/runtime/doctor';
 import { KernelError } from '../lib/runtime/errors';
 
@@ -133,6 +133,8 @@ export interface BackendCase {
   name: string;
   backend: Backend;
   schedule?: EmuSchedule;
+  /** cuda-emu: the emulated compute capability. */
+  arch?: EmuArch;
 }
 export function backendsToTest(): BackendCase[] {
   const d = doctor();
@@ -140,8 +142,20 @@ export function backendsToTest(): BackendCase[] {
   const out: BackendCase[] = [{ name: 'cpu', backend: 'cpu' }];
   const missing: string[] = [];
   if (has('cuda-emu')?.usable) {
-    out.push({ name: 'cuda-emu/forward', backend: 'cuda-emu', schedule: 'forward' });
-    out.push({ name: 'cuda-emu/reverse', backend: 'cuda-emu', schedule: 'reverse' });
+    // Two schedule orders, and two archs: sm_80 paths (fp8 W8A8 on the 16-bit tensor cores, 227
+    // KiB opt-in shared memory) and sm_89 paths (e4m3 mma, 99 KiB opt-in).
+    out.push({
+      name: 'cuda-emu/forward sm_80',
+      backend: 'cuda-emu',
+      schedule: 'forward',
+      arch: 80,
+    });
+    out.push({
+      name: 'cuda-emu/reverse sm_89',
+      backend: 'cuda-emu',
+      schedule: 'reverse',
+      arch: 89,
+    });
   } else missing.push(`cuda-emu (${has('cuda-emu')?.reason})`);
   if (has('cuda')?.usable) out.push({ name: 'cuda', backend: 'cuda' });
   else missing.push(`cuda (${has('cuda')?.reason})`);

@@ -242,279 +242,282 @@ const cases = backendsToTest();
 // The CPU backend's cache bytes after each scenario's kvAppend, for the bit-exact comparison.
 const cpuCache = new Map<string, { data: Uint8Array; scales?: Float32Array }>();
 
-describe.each(cases)('paged attention parity: backend $name', ({ name, backend, schedule }) => {
-  let rt: Runtime;
-  beforeAll(async () => {
-    rt = await loadRuntime({ backend, schedule, threads: 2 });
-  });
-  afterAll(() => rt?.dispose());
-  const device = backend !== 'cpu';
-
-  test.each(SCENARIOS)('$name', async (sc) => {
-    const r = rng(sc.qHeads * 1000 + sc.d * 10 + sc.bs);
-    const layers = 2;
-    const layer = 1;
-    const pagesPer = sc.seqs.map(([kvLen]) => Math.ceil(kvLen / sc.bs));
-    const blocks = pagesPer.reduce((a, b) => a + b, 0) + 5;
-    // Shuffled physical pages: a random permutation of every block, handed out in order.
-    const perm = Array.from({ length: blocks }, (_, i) => i);
-    for (let i = blocks - 1; i > 0; i--) {
-      const j = Math.floor(r() * (i + 1));
-      [perm[i], perm[j]] = [perm[j], perm[i]];
-    }
-    let next = 0;
-    const pages = pagesPer.map((n) => perm.slice(next, (next += n)));
-    const cache = ops.createKvCache(rt, {
-      layers,
-      blocks,
-      kvHeads: sc.kvHeads,
-      blockSize: sc.bs,
-      headDim: sc.d,
-      dtype: sc.kv,
+describe.each(cases)(
+  'paged attention parity: backend $name',
+  ({ name, backend, schedule, arch }) => {
+    let rt: Runtime;
+    beforeAll(async () => {
+      rt = await loadRuntime({ backend, schedule, arch, threads: 2 });
     });
-    if (sc.kv === 'fp8e4m3' || sc.kv === 'fp8e5m2') {
-      // non-trivial per-(layer, K|V, head) scales: the kernels must apply them
-      const s = Float32Array.from({ length: layers * 2 * sc.kvHeads }, (_, i) => 0.05 + 0.01 * i);
-      await cache.scales!.write(s);
-    }
-    // Append every sequence's K/V in one kvAppend (token rows in sequence order), plus one
-    // skipped row (slot -1) that must leave the cache untouched.
-    const H = sc.kvHeads;
-    const D = sc.d;
-    const src = sc.src ?? 'f32';
-    const totalKv = sc.seqs.reduce((a, s) => a + s[0], 0) + 1;
-    const slots = new Int32Array(totalKv);
-    let t = 0;
-    sc.seqs.forEach(([kvLen], b) => {
-      for (let p = 0; p < kvLen; p++)
-        slots[t++] = pages[b][Math.floor(p / sc.bs)] * sc.bs + (p % sc.bs);
-    });
-    slots[t] = -1;
-    // (int8: rows of different magnitudes so the per-token scales differ)
-    const kRaw = randn(totalKv * H * D, 11 + sc.d, sc.kv === 'fp8e4m3' ? 8 : 1.5);
-    const vRaw = randn(totalKv * H * D, 12 + sc.d, sc.kv === 'fp8e4m3' ? 8 : 1.5);
-    if (sc.kv === 'int8')
-      for (let i = 0; i < totalKv * H; i++)
-        for (let x = 0; x < D; x++) kRaw[i * D + x] *= 1 + (i % 5);
-    const kT = rt.tensor(encode(src, kRaw), [totalKv, H, D], { dtype: src });
-    const vT = rt.tensor(encode(src, vRaw), [totalKv, H, D], { dtype: src });
-    ops.kvAppend(cache, layer, kT, vT, slots);
+    afterAll(() => rt?.dispose());
+    const device = backend !== 'cpu';
 
-    const data = (await cache.data.read()) as Uint8Array;
-    const scales = cache.scales
-      ? new Float32Array((await cache.scales.read()).slice().buffer)
-      : undefined;
-    if (!device) cpuCache.set(sc.name, { data, scales });
-    else {
-      const c = cpuCache.get(sc.name);
-      if (c) {
-        // kvAppend quantizes exactly like the CPU: the whole pool matches byte for byte
-        expect(data.length).toBe(c.data.length);
-        let diff = -1;
-        for (let i = 0; i < data.length && diff < 0; i++) if (data[i] !== c.data[i]) diff = i;
-        if (diff >= 0)
-          throw new Error(`${name}: cache byte ${diff} is ${data[diff]}, cpu ${c.data[diff]}`);
-        if (scales) expect(Array.from(scales)).toEqual(Array.from(c.scales!));
+    test.each(SCENARIOS)('$name', async (sc) => {
+      const r = rng(sc.qHeads * 1000 + sc.d * 10 + sc.bs);
+      const layers = 2;
+      const layer = 1;
+      const pagesPer = sc.seqs.map(([kvLen]) => Math.ceil(kvLen / sc.bs));
+      const blocks = pagesPer.reduce((a, b) => a + b, 0) + 5;
+      // Shuffled physical pages: a random permutation of every block, handed out in order.
+      const perm = Array.from({ length: blocks }, (_, i) => i);
+      for (let i = blocks - 1; i > 0; i--) {
+        const j = Math.floor(r() * (i + 1));
+        [perm[i], perm[j]] = [perm[j], perm[i]];
       }
-    }
-
-    // Queries in the compute type (exact), the page table, the plan.
-    const ct = sc.kv === 'bf16' ? 'bf16' : 'f16';
-    const totalQ = sc.seqs.reduce((a, s) => a + s[1], 0);
-    const qEnc = encode(ct, randn(totalQ * sc.qHeads * D, 13 + sc.d, 1));
-    const qv = decode(ct, qEnc);
-    const q = rt.tensor(qEnc, [totalQ, sc.qHeads, D], { dtype: ct });
-    const qoIndptr = Int32Array.from([0, ...sc.seqs.map((s) => s[1])]);
-    const indptr = Int32Array.from([0, ...pagesPer]);
-    for (let b = 1; b < qoIndptr.length; b++) {
-      qoIndptr[b] += qoIndptr[b - 1];
-      indptr[b] += indptr[b - 1];
-    }
-    const table = {
-      qoIndptr,
-      indptr,
-      indices: Int32Array.from(pages.flat()),
-      lastPageLen: Int32Array.from(sc.seqs, ([kvLen]) => ((kvLen - 1) % sc.bs) + 1),
-    };
-    const plan = ops.planAttention(cache, table, {
-      qHeads: sc.qHeads,
-      splitTokens: sc.splitTokens ?? 0,
-    });
-    if (sc.splitTokens) expect(plan.merges).toBeGreaterThan(0);
-    const lse = rt.empty([totalQ, sc.qHeads]);
-    const smScale = 1 / Math.sqrt(D);
-    const out = ops.attention(plan, cache, layer, q, {
-      lse,
-      outDtype: 'f32',
-      softCap: sc.softCap ?? 0,
-      window: sc.window ?? 0,
-    });
-    const got = await out.toFloat32();
-    const gotLse = await lse.toFloat32();
-
-    const kv = sc.seqs.map(([kvLen], b) =>
-      decodeCache(sc, blocks, layer, data, scales, pages[b], kvLen),
-    );
-    const want = reference(sc, qv, kv, smScale);
-    for (let i = 0; i < got.length; i++) {
-      const rr = Math.floor(i / D);
-      const tol = want.tolO[rr] + 2 ** -24 * M_abs(want.out[i]);
-      if (!(M_abs(got[i] - want.out[i]) <= tol))
-        throw new Error(`${name}: out[${i}] = ${got[i]}, want ${want.out[i]} (tol ${tol})`);
-    }
-    for (let i = 0; i < gotLse.length; i++)
-      if (!(M_abs(gotLse[i] - want.lse[i]) <= want.tolL[i]))
-        throw new Error(
-          `${name}: lse[${i}] = ${gotLse[i]}, want ${want.lse[i]} (tol ${want.tolL[i]})`,
-        );
-    // The other layer was never written: still all zero.
-    const layerBytes = data.length / layers;
-    expect(data.subarray(0, layerBytes).every((b) => b === 0)).toBe(true);
-    for (const x of [kT, vT, q, lse, out]) x.dispose();
-    cache.dispose();
-  });
-
-  test('kvCopyBlocks copies every layer bit for bit (int8 codes and scales)', async () => {
-    const geo = { layers: 2, blocks: 6, kvHeads: 2, blockSize: 3, headDim: 16 };
-    const cache = ops.createKvCache(rt, { ...geo, dtype: 'int8' });
-    const n = 6 * 3;
-    const slots = Int32Array.from({ length: n }, (_, i) => i);
-    for (let layer = 0; layer < 2; layer++) {
-      const k = rt.tensor(Float32Array.from(randn(n * 2 * 16, 40 + layer, 2)), [n, 2, 16]);
-      const v = rt.tensor(Float32Array.from(randn(n * 2 * 16, 50 + layer, 2)), [n, 2, 16]);
-      ops.kvAppend(cache, layer, k, v, slots);
-      k.dispose();
-      v.dispose();
-    }
-    const before = await cache.data.read();
-    const sBefore = new Float32Array((await cache.scales!.read()).slice().buffer);
-    ops.kvCopyBlocks(cache, Int32Array.from([0, 4, 2, 5]));
-    const after = await cache.data.read();
-    const sAfter = new Float32Array((await cache.scales!.read()).slice().buffer);
-    const blockBytes = 2 * 2 * 3 * 16;
-    const blockScales = 2 * 2 * 3;
-    for (let layer = 0; layer < 2; layer++)
-      for (const [s, dst] of [
-        [0, 4],
-        [2, 5],
-        [1, 1],
-        [3, 3],
-      ]) {
-        const from = (layer * 6 + s) * blockBytes;
-        const to = (layer * 6 + dst) * blockBytes;
-        expect(Array.from(after.subarray(to, to + blockBytes))).toEqual(
-          Array.from(before.subarray(from, from + blockBytes)),
-        );
-        const fs = (layer * 6 + s) * blockScales;
-        const ts = (layer * 6 + dst) * blockScales;
-        expect(Array.from(sAfter.subarray(ts, ts + blockScales))).toEqual(
-          Array.from(sBefore.subarray(fs, fs + blockScales)),
-        );
+      let next = 0;
+      const pages = pagesPer.map((n) => perm.slice(next, (next += n)));
+      const cache = ops.createKvCache(rt, {
+        layers,
+        blocks,
+        kvHeads: sc.kvHeads,
+        blockSize: sc.bs,
+        headDim: sc.d,
+        dtype: sc.kv,
+      });
+      if (sc.kv === 'fp8e4m3' || sc.kv === 'fp8e5m2') {
+        // non-trivial per-(layer, K|V, head) scales: the kernels must apply them
+        const s = Float32Array.from({ length: layers * 2 * sc.kvHeads }, (_, i) => 0.05 + 0.01 * i);
+        await cache.scales!.write(s);
       }
-    // Bad pairs: a destination that is also a source, and an out-of-range block. The error is
-    // the CPU's (code and argument), and the stream recovers.
-    for (const [pairs, arg] of [
-      [[0, 1, 1, 2], 'pairs[0][1]'],
-      [[0, 9], 'pairs[0][1]'],
-    ] as [number[], string][]) {
-      ops.kvCopyBlocks(cache, Int32Array.from(pairs));
+      // Append every sequence's K/V in one kvAppend (token rows in sequence order), plus one
+      // skipped row (slot -1) that must leave the cache untouched.
+      const H = sc.kvHeads;
+      const D = sc.d;
+      const src = sc.src ?? 'f32';
+      const totalKv = sc.seqs.reduce((a, s) => a + s[0], 0) + 1;
+      const slots = new Int32Array(totalKv);
+      let t = 0;
+      sc.seqs.forEach(([kvLen], b) => {
+        for (let p = 0; p < kvLen; p++)
+          slots[t++] = pages[b][Math.floor(p / sc.bs)] * sc.bs + (p % sc.bs);
+      });
+      slots[t] = -1;
+      // (int8: rows of different magnitudes so the per-token scales differ)
+      const kRaw = randn(totalKv * H * D, 11 + sc.d, sc.kv === 'fp8e4m3' ? 8 : 1.5);
+      const vRaw = randn(totalKv * H * D, 12 + sc.d, sc.kv === 'fp8e4m3' ? 8 : 1.5);
+      if (sc.kv === 'int8')
+        for (let i = 0; i < totalKv * H; i++)
+          for (let x = 0; x < D; x++) kRaw[i * D + x] *= 1 + (i % 5);
+      const kT = rt.tensor(encode(src, kRaw), [totalKv, H, D], { dtype: src });
+      const vT = rt.tensor(encode(src, vRaw), [totalKv, H, D], { dtype: src });
+      ops.kvAppend(cache, layer, kT, vT, slots);
+
+      const data = (await cache.data.read()) as Uint8Array;
+      const scales = cache.scales
+        ? new Float32Array((await cache.scales.read()).slice().buffer)
+        : undefined;
+      if (!device) cpuCache.set(sc.name, { data, scales });
+      else {
+        const c = cpuCache.get(sc.name);
+        if (c) {
+          // kvAppend quantizes exactly like the CPU: the whole pool matches byte for byte
+          expect(data.length).toBe(c.data.length);
+          let diff = -1;
+          for (let i = 0; i < data.length && diff < 0; i++) if (data[i] !== c.data[i]) diff = i;
+          if (diff >= 0)
+            throw new Error(`${name}: cache byte ${diff} is ${data[diff]}, cpu ${c.data[diff]}`);
+          if (scales) expect(Array.from(scales)).toEqual(Array.from(c.scales!));
+        }
+      }
+
+      // Queries in the compute type (exact), the page table, the plan.
+      const ct = sc.kv === 'bf16' ? 'bf16' : 'f16';
+      const totalQ = sc.seqs.reduce((a, s) => a + s[1], 0);
+      const qEnc = encode(ct, randn(totalQ * sc.qHeads * D, 13 + sc.d, 1));
+      const qv = decode(ct, qEnc);
+      const q = rt.tensor(qEnc, [totalQ, sc.qHeads, D], { dtype: ct });
+      const qoIndptr = Int32Array.from([0, ...sc.seqs.map((s) => s[1])]);
+      const indptr = Int32Array.from([0, ...pagesPer]);
+      for (let b = 1; b < qoIndptr.length; b++) {
+        qoIndptr[b] += qoIndptr[b - 1];
+        indptr[b] += indptr[b - 1];
+      }
+      const table = {
+        qoIndptr,
+        indptr,
+        indices: Int32Array.from(pages.flat()),
+        lastPageLen: Int32Array.from(sc.seqs, ([kvLen]) => ((kvLen - 1) % sc.bs) + 1),
+      };
+      const plan = ops.planAttention(cache, table, {
+        qHeads: sc.qHeads,
+        splitTokens: sc.splitTokens ?? 0,
+      });
+      if (sc.splitTokens) expect(plan.merges).toBeGreaterThan(0);
+      const lse = rt.empty([totalQ, sc.qHeads]);
+      const smScale = 1 / Math.sqrt(D);
+      const out = ops.attention(plan, cache, layer, q, {
+        lse,
+        outDtype: 'f32',
+        softCap: sc.softCap ?? 0,
+        window: sc.window ?? 0,
+      });
+      const got = await out.toFloat32();
+      const gotLse = await lse.toFloat32();
+
+      const kv = sc.seqs.map(([kvLen], b) =>
+        decodeCache(sc, blocks, layer, data, scales, pages[b], kvLen),
+      );
+      const want = reference(sc, qv, kv, smScale);
+      for (let i = 0; i < got.length; i++) {
+        const rr = Math.floor(i / D);
+        const tol = want.tolO[rr] + 2 ** -24 * M_abs(want.out[i]);
+        if (!(M_abs(got[i] - want.out[i]) <= tol))
+          throw new Error(`${name}: out[${i}] = ${got[i]}, want ${want.out[i]} (tol ${tol})`);
+      }
+      for (let i = 0; i < gotLse.length; i++)
+        if (!(M_abs(gotLse[i] - want.lse[i]) <= want.tolL[i]))
+          throw new Error(
+            `${name}: lse[${i}] = ${gotLse[i]}, want ${want.lse[i]} (tol ${want.tolL[i]})`,
+          );
+      // The other layer was never written: still all zero.
+      const layerBytes = data.length / layers;
+      expect(data.subarray(0, layerBytes).every((b) => b === 0)).toBe(true);
+      for (const x of [kT, vT, q, lse, out]) x.dispose();
+      cache.dispose();
+    });
+
+    test('kvCopyBlocks copies every layer bit for bit (int8 codes and scales)', async () => {
+      const geo = { layers: 2, blocks: 6, kvHeads: 2, blockSize: 3, headDim: 16 };
+      const cache = ops.createKvCache(rt, { ...geo, dtype: 'int8' });
+      const n = 6 * 3;
+      const slots = Int32Array.from({ length: n }, (_, i) => i);
+      for (let layer = 0; layer < 2; layer++) {
+        const k = rt.tensor(Float32Array.from(randn(n * 2 * 16, 40 + layer, 2)), [n, 2, 16]);
+        const v = rt.tensor(Float32Array.from(randn(n * 2 * 16, 50 + layer, 2)), [n, 2, 16]);
+        ops.kvAppend(cache, layer, k, v, slots);
+        k.dispose();
+        v.dispose();
+      }
+      const before = await cache.data.read();
+      const sBefore = new Float32Array((await cache.scales!.read()).slice().buffer);
+      ops.kvCopyBlocks(cache, Int32Array.from([0, 4, 2, 5]));
+      const after = await cache.data.read();
+      const sAfter = new Float32Array((await cache.scales!.read()).slice().buffer);
+      const blockBytes = 2 * 2 * 3 * 16;
+      const blockScales = 2 * 2 * 3;
+      for (let layer = 0; layer < 2; layer++)
+        for (const [s, dst] of [
+          [0, 4],
+          [2, 5],
+          [1, 1],
+          [3, 3],
+        ]) {
+          const from = (layer * 6 + s) * blockBytes;
+          const to = (layer * 6 + dst) * blockBytes;
+          expect(Array.from(after.subarray(to, to + blockBytes))).toEqual(
+            Array.from(before.subarray(from, from + blockBytes)),
+          );
+          const fs = (layer * 6 + s) * blockScales;
+          const ts = (layer * 6 + dst) * blockScales;
+          expect(Array.from(sAfter.subarray(ts, ts + blockScales))).toEqual(
+            Array.from(sBefore.subarray(fs, fs + blockScales)),
+          );
+        }
+      // Bad pairs: a destination that is also a source, and an out-of-range block. The error is
+      // the CPU's (code and argument), and the stream recovers.
+      for (const [pairs, arg] of [
+        [[0, 1, 1, 2], 'pairs[0][1]'],
+        [[0, 9], 'pairs[0][1]'],
+      ] as [number[], string][]) {
+        ops.kvCopyBlocks(cache, Int32Array.from(pairs));
+        const err = await cache.data.read().then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(KernelError);
+        expect((err as KernelError).code).toBe('E_INVALID_ARG');
+        expect((err as KernelError).arg).toBe(arg);
+        await rt.defaultStream.reset();
+      }
+      expect(Array.from(await cache.data.read())).toEqual(Array.from(after));
+      cache.dispose();
+    });
+
+    test('attentionMerge matches the formula; o may alias an input', async () => {
+      const [rows, heads, d] = [5, 3, 24];
+      const a = Float32Array.from(randn(rows * heads * d, 61));
+      const b = Float32Array.from(randn(rows * heads * d, 62));
+      const lA = Float32Array.from(randn(rows * heads, 63, 4));
+      const lB = Float32Array.from(randn(rows * heads, 64, 4));
+      lA[0] = -Infinity;
+      const oA = rt.tensor(a, [rows, heads, d]);
+      const { out, lse } = ops.attentionMerge(
+        oA,
+        rt.tensor(lA, [rows, heads]),
+        rt.tensor(b, [rows, heads, d]),
+        rt.tensor(lB, [rows, heads]),
+      );
+      const [o, l] = await Promise.all([out.toFloat32(), lse.toFloat32()]);
+      for (let i = 0; i < rows * heads; i++) {
+        const m = M_max(lA[i], lB[i]);
+        const wa = M_exp(lA[i] - m);
+        const wb = M_exp(lB[i] - m);
+        expect(M_abs(l[i] - (m + M_log(wa + wb)))).toBeLessThan(2e-6 * (1 + M_abs(l[i])));
+        for (let x = 0; x < d; x++) {
+          const want = (wa * a[i * d + x] + wb * b[i * d + x]) / (wa + wb);
+          if (!(M_abs(o[i * d + x] - want) <= 1e-6 * (1 + M_abs(want))))
+            throw new Error(`${name}: merged[${i * d + x}] = ${o[i * d + x]}, want ${want}`);
+        }
+      }
+    });
+
+    test('a bad slot fails the next completion point with the CPU error; the stream recovers', async () => {
+      const cache = ops.createKvCache(rt, {
+        layers: 1,
+        blocks: 2,
+        kvHeads: 1,
+        blockSize: 4,
+        headDim: 16,
+        dtype: 'f16',
+      });
+      const k = rt.tensor(Float32Array.from(randn(3 * 16, 70)), [3, 1, 16]);
+      ops.kvAppend(cache, 0, k, k, Int32Array.from([0, 8, 1]));
       const err = await cache.data.read().then(
         () => undefined,
         (e: unknown) => e,
       );
       expect(err).toBeInstanceOf(KernelError);
       expect((err as KernelError).code).toBe('E_INVALID_ARG');
-      expect((err as KernelError).arg).toBe(arg);
+      expect((err as KernelError).arg).toBe('slots[1]');
       await rt.defaultStream.reset();
-    }
-    expect(Array.from(await cache.data.read())).toEqual(Array.from(after));
-    cache.dispose();
-  });
-
-  test('attentionMerge matches the formula; o may alias an input', async () => {
-    const [rows, heads, d] = [5, 3, 24];
-    const a = Float32Array.from(randn(rows * heads * d, 61));
-    const b = Float32Array.from(randn(rows * heads * d, 62));
-    const lA = Float32Array.from(randn(rows * heads, 63, 4));
-    const lB = Float32Array.from(randn(rows * heads, 64, 4));
-    lA[0] = -Infinity;
-    const oA = rt.tensor(a, [rows, heads, d]);
-    const { out, lse } = ops.attentionMerge(
-      oA,
-      rt.tensor(lA, [rows, heads]),
-      rt.tensor(b, [rows, heads, d]),
-      rt.tensor(lB, [rows, heads]),
-    );
-    const [o, l] = await Promise.all([out.toFloat32(), lse.toFloat32()]);
-    for (let i = 0; i < rows * heads; i++) {
-      const m = M_max(lA[i], lB[i]);
-      const wa = M_exp(lA[i] - m);
-      const wb = M_exp(lB[i] - m);
-      expect(M_abs(l[i] - (m + M_log(wa + wb)))).toBeLessThan(2e-6 * (1 + M_abs(l[i])));
-      for (let x = 0; x < d; x++) {
-        const want = (wa * a[i * d + x] + wb * b[i * d + x]) / (wa + wb);
-        if (!(M_abs(o[i * d + x] - want) <= 1e-6 * (1 + M_abs(want))))
-          throw new Error(`${name}: merged[${i * d + x}] = ${o[i * d + x]}, want ${want}`);
-      }
-    }
-  });
-
-  test('a bad slot fails the next completion point with the CPU error; the stream recovers', async () => {
-    const cache = ops.createKvCache(rt, {
-      layers: 1,
-      blocks: 2,
-      kvHeads: 1,
-      blockSize: 4,
-      headDim: 16,
-      dtype: 'f16',
+      ops.kvAppend(cache, 0, k, k, Int32Array.from([0, 7, 1]));
+      const data = (await cache.data.read()) as Uint8Array;
+      expect(data.some((x) => x !== 0)).toBe(true);
+      k.dispose();
+      cache.dispose();
     });
-    const k = rt.tensor(Float32Array.from(randn(3 * 16, 70)), [3, 1, 16]);
-    ops.kvAppend(cache, 0, k, k, Int32Array.from([0, 8, 1]));
-    const err = await cache.data.read().then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBeInstanceOf(KernelError);
-    expect((err as KernelError).code).toBe('E_INVALID_ARG');
-    expect((err as KernelError).arg).toBe('slots[1]');
-    await rt.defaultStream.reset();
-    ops.kvAppend(cache, 0, k, k, Int32Array.from([0, 7, 1]));
-    const data = (await cache.data.read()) as Uint8Array;
-    expect(data.some((x) => x !== 0)).toBe(true);
-    k.dispose();
-    cache.dispose();
-  });
 
-  test('device limits are typed errors: f32 caches, kvSwap, and mixed backends', async () => {
-    if (!device) return;
-    const geo = { layers: 1, blocks: 2, kvHeads: 1, blockSize: 4, headDim: 16 };
-    const f32 = ops.createKvCache(rt, { ...geo, dtype: 'f32' });
-    const q = rt.tensor(new Uint16Array(16), [1, 1, 16], { dtype: 'f16' });
-    const table = {
-      qoIndptr: Int32Array.from([0, 1]),
-      indptr: Int32Array.from([0, 1]),
-      indices: Int32Array.from([1]),
-      lastPageLen: Int32Array.from([1]),
-    };
-    const plan = ops.planAttention(f32, table, { qHeads: 1 });
-    const out = ops.attention(plan, f32, 0, q);
-    const err = await out.read().then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect((err as KernelError).code).toBe('E_UNSUPPORTED');
-    expect((err as KernelError).arg).toBe('cache.dtype');
-    await rt.defaultStream.reset();
-    const f16 = ops.createKvCache(rt, { ...geo, dtype: 'f16' });
-    expectKernelError(() => ops.kvSwapOut(f16, Int32Array.from([0])), 'E_UNSUPPORTED', 'host');
-    const cpu = await loadRuntime({ threads: 1 });
-    const qc = cpu.tensor(new Float32Array(16), [1, 1, 16]);
-    expectKernelError(
-      () => ops.attention(ops.planAttention(f16, table, { qHeads: 1 }), f16, 0, qc),
-      'E_BACKEND',
-      'cache.data',
-    );
-    cpu.dispose();
-    for (const x of [f32, f16, q, out]) x.dispose();
-  });
-});
+    test('device limits are typed errors: f32 caches, kvSwap, and mixed backends', async () => {
+      if (!device) return;
+      const geo = { layers: 1, blocks: 2, kvHeads: 1, blockSize: 4, headDim: 16 };
+      const f32 = ops.createKvCache(rt, { ...geo, dtype: 'f32' });
+      const q = rt.tensor(new Uint16Array(16), [1, 1, 16], { dtype: 'f16' });
+      const table = {
+        qoIndptr: Int32Array.from([0, 1]),
+        indptr: Int32Array.from([0, 1]),
+        indices: Int32Array.from([1]),
+        lastPageLen: Int32Array.from([1]),
+      };
+      const plan = ops.planAttention(f32, table, { qHeads: 1 });
+      const out = ops.attention(plan, f32, 0, q);
+      const err = await out.read().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as KernelError).code).toBe('E_UNSUPPORTED');
+      expect((err as KernelError).arg).toBe('cache.dtype');
+      await rt.defaultStream.reset();
+      const f16 = ops.createKvCache(rt, { ...geo, dtype: 'f16' });
+      expectKernelError(() => ops.kvSwapOut(f16, Int32Array.from([0])), 'E_UNSUPPORTED', 'host');
+      const cpu = await loadRuntime({ threads: 1 });
+      const qc = cpu.tensor(new Float32Array(16), [1, 1, 16]);
+      expectKernelError(
+        () => ops.attention(ops.planAttention(f16, table, { qHeads: 1 }), f16, 0, qc),
+        'E_BACKEND',
+        'cache.data',
+      );
+      cpu.dispose();
+      for (const x of [f32, f16, q, out]) x.dispose();
+    });
+  },
+);

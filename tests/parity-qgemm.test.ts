@@ -424,11 +424,11 @@ function crossCheck(
 const cases = backendsToTest();
 
 describe.each(cases)('backend $name', (c) => {
-  const { backend, schedule } = c;
+  const { backend, schedule, arch } = c;
   const device = backend !== 'cpu';
   let rt: Runtime;
   beforeAll(async () => {
-    rt = await loadRuntime({ backend, schedule, threads: 2 });
+    rt = await loadRuntime({ backend, schedule, arch, threads: 2 });
   });
   afterAll(() => rt?.dispose());
 

@@ -306,10 +306,10 @@ test('the cases keep enough f32-decidable draws', () => {
   expect(skippedSeeds).toBeLessThan(draws / 2);
 });
 
-describe.each(backends)('backend $name', ({ name, backend, schedule }) => {
+describe.each(backends)('backend $name', ({ name, backend, schedule, arch }) => {
   let rt: Runtime;
   beforeAll(async () => {
-    rt = await loadRuntime({ backend, schedule, threads: 2 });
+    rt = await loadRuntime({ backend, schedule, arch, threads: 2 });
   });
   afterAll(() => rt?.dispose());
   const device = backend !== 'cpu';

@@ -18,6 +18,7 @@ export const ISAS: readonly Isa[] = ['scalar', 'avx2', 'avx512'];
 
 /** cuemu's order for running blocks and threads: `forward`, `reverse` or `random:SEED`. */
 export type EmuSchedule = 'forward' | 'reverse' | `random:${number}`;
+export type EmuArch = 80 | 89 | 90;
 
 export interface RuntimeOptions {
   /**
@@ -32,6 +33,12 @@ export interface RuntimeOptions {
   device?: number;
   /** `cuda-emu`: the schedule order (default TACHYON_EMU_SCHEDULE, else `forward`). */
   schedule?: EmuSchedule;
+  /**
+   * `cuda-emu`: the compute capability the emulated device reports, 80 (default), 89 or 90. It
+   * picks the same kernel paths a GPU of that arch gets (e.g. fp8 W8A8 on the e4m3 tensor cores
+   * from 89) and that arch's shared-memory opt-in limit.
+   */
+  arch?: EmuArch;
   /** Compute threads. Default: TACHYON_THREADS, else os.availableParallelism(). */
   threads?: number;
   /** CPU kernel variant. Default: TACHYON_ISA, else the best the CPU supports. */
@@ -106,7 +113,7 @@ export class Runtime {
     backend: Backend,
     threads: number,
     isa: Isa,
-    deviceOptions: { device?: number; schedule?: string } = {},
+    deviceOptions: { device?: number; schedule?: string; arch?: number } = {},
   ) {
     const b = binding();
     this.native = new b.Runtime(threads, isa, backend, deviceOptions);
@@ -234,7 +241,19 @@ export async function loadRuntime(options: RuntimeOptions = {}): Promise<Runtime
   const backend = options.backend ?? 'cpu';
   if (!BACKENDS.includes(backend))
     throw invalidArg('loadRuntime', 'backend', `one of ${BACKENDS.join(', ')}`, backend);
-  const deviceOptions: { device?: number; schedule?: string } = {};
+  const deviceOptions: { device?: number; schedule?: string; arch?: number } = {};
+  if (options.arch !== undefined) {
+    if (backend !== 'cuda-emu')
+      throw invalidArg(
+        'loadRuntime',
+        'arch',
+        "no arch option unless backend is 'cuda-emu'",
+        options.arch,
+      );
+    if (options.arch !== 80 && options.arch !== 89 && options.arch !== 90)
+      throw invalidArg('loadRuntime', 'arch', '80, 89 or 90', options.arch);
+    deviceOptions.arch = options.arch;
+  }
   if (options.device !== undefined) {
     if (backend !== 'cuda')
       throw invalidArg(

@@ -210,8 +210,10 @@ class Device {
 namespace ty {
 // Factories, defined where the backend is compiled in (native/cuda/emu.cpp, native/cuda/backend.cu);
 // the binding supplies fallbacks that throw E_BACKEND with the reason otherwise.
-// schedule: "forward" | "reverse" | "random:SEED" (cuemu's block and thread order).
-std::shared_ptr<cpu::Device> make_cuda_emu_device(const std::string& schedule);
+// schedule: "forward" | "reverse" | "random:SEED" (cuemu's block and thread order); arch: the
+// compute capability the emulated device reports (80, 89 or 90: its kernel paths, e.g. fp8 mma
+// from 89, and its shared-memory opt-in limit).
+std::shared_ptr<cpu::Device> make_cuda_emu_device(const std::string& schedule, int arch);
 // Throws ty::Error(BACKEND) with the driver's reason when the device cannot be used.
 std::shared_ptr<cpu::Device> make_cuda_device(int ordinal);
 }  // namespace ty

@@ -138,6 +138,9 @@ class CudaBase : public cpu::Device {
   }
 
   DeviceLimits limits() const { return lim_; }
+  QDeviceInfo device_info() const {
+    return QDeviceInfo{prop_.major * 10 + prop_.minor, prop_.multiProcessorCount > 0 ? prop_.multiProcessorCount : 1};
+  }
 
   template <class F>
   void run(const char*, cpu::DeviceStream& s, F&& launch) {

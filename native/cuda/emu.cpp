@@ -53,16 +53,20 @@ struct EmuQueue final : cpu::DeviceStream {
 class EmuBase : public cpu::Device {
  public:
   using Queue = EmuQueue;
-  explicit EmuBase(cuemu::Schedule sched) : sched_(sched) {}
+  EmuBase(cuemu::Schedule sched, int arch) : sched_(sched), arch_(arch) {
+    // The opt-in shared-memory limit of the emulated arch (sm_89: 99 KiB; sm_80 / sm_90: 227).
+    lim_.smem_optin = size_t(arch == 89 ? 99 : 227) << 10;
+  }
 
   cpu::MemSpace space() const override { return cpu::MemSpace::cuda_emu; }
   std::string describe() const override {
     return "cuemu: the CUDA execution model on the CPU (one fiber per CUDA thread), schedule " + cuemu::schedule_name(sched_) +
-           ", sm_80 limits (48 KiB shared memory per block, 227 KiB opt-in)";
+           ", as sm_" + std::to_string(arch_) + " (48 KiB shared memory per block, " + std::to_string(lim_.smem_optin >> 10) +
+           " KiB opt-in; 8 SMs for work partitions)";
   }
-  // A small device: plans split work as they would for a 4-SM GPU (split-KV and split-K paths
+  // A small device of 8 SMs: plans split work as they would for it (split-KV and split-K paths
   // stay exercised without making emulated launches large).
-  int parallelism() const override { return 4; }
+  int parallelism() const override { return 8; }
   std::shared_ptr<cpu::Buffer> allocate(size_t bytes) override {
     auto b = cpu::Buffer::allocate(bytes);
     b->space = cpu::MemSpace::cuda_emu;
@@ -74,7 +78,9 @@ class EmuBase : public cpu::Device {
   void device_copy(void* dst, const void* src, size_t n, cpu::DeviceStream&) override { copy(dst, src, n); }
   void upload(void* dst, const void* src, size_t n) override { copy(dst, src, n); }
 
-  DeviceLimits limits() const { return DeviceLimits{}; }
+  DeviceLimits limits() const { return lim_; }
+  // 8 SMs: split-K and grouped tiling engage on the small shapes the parity tests use.
+  QDeviceInfo device_info() const { return QDeviceInfo{arch_, 8}; }
 
   // cuemu's schedule and worker pool are process-wide, so launches from different streams (and
   // runtimes with different schedules) take turns; each applies its own runtime's order.
@@ -112,12 +118,16 @@ class EmuBase : public cpu::Device {
     if (n) std::memcpy(dst, src, n);
   }
   cuemu::Schedule sched_;
+  int arch_;
+  DeviceLimits lim_;
 };
 
 }  // namespace
 }  // namespace cuda
 
-std::shared_ptr<cpu::Device> make_cuda_emu_device(const std::string& schedule) {
+std::shared_ptr<cpu::Device> make_cuda_emu_device(const std::string& schedule, int arch) {
+  if (arch != 80 && arch != 89 && arch != 90)
+    throw Error(Code::INVALID_ARG, "Expected 80, 89 or 90 for arch but received " + std::to_string(arch), "arch");
   cuemu::Schedule s;
   if (schedule.empty() || schedule == "forward") s.order = cuemu::Order::Forward;
   else if (schedule == "reverse") s.order = cuemu::Order::Reverse;
@@ -132,7 +142,7 @@ std::shared_ptr<cpu::Device> make_cuda_emu_device(const std::string& schedule) {
   } else {
     throw Error(Code::INVALID_ARG, "Expected forward, reverse or random:SEED for schedule but received '" + schedule + "'", "schedule");
   }
-  return std::make_shared<cuda::Launcher<cuda::EmuBase>>(s);
+  return std::make_shared<cuda::Launcher<cuda::EmuBase>>(s, arch);
 }
 
 }  // namespace ty

@@ -35,13 +35,12 @@ bool kv_fault_decode(unsigned long long word, int* kind, int64_t* index, int32_t
 // Weights are in the device layout of cpu::Device (device.h); the launcher passes the int8 / fp8
 // scales' address (`scales`) and uploads the grouped expert tables (qgemm_expert_table_host).
 // What the kernels plan for: compute capability (major * 10 + minor: the fp8 e4m3 mma needs 89+)
-// and the SM count (W4A16 split-K). `cuda`: the current device (call inside Base::run);
-// `cuda-emu`: sm_80 (cuemu emulates sm_80 limits) with 8 SMs.
+// and the SM count (W4A16 split-K): Base::device_info() (`cuda`: the device's properties;
+// `cuda-emu`: the arch it was created with, and 8 SMs).
 struct QDeviceInfo {
   int sm = 80;
   int sms = 8;
 };
-QDeviceInfo qgemm_device_info();
 // w4a16_layout(f, N, K).total, or the kernel's refusal (UNSUPPORTED for int8 / q6k).
 Status w4a16_packed_size(const QuantFormat&, int64_t N, int64_t K, size_t* bytes);
 // Host memory to host memory (load time).

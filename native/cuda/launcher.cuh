@@ -7,7 +7,8 @@
 //   - `using Queue = ...`, a cpu::DeviceStream subclass with `stream_t handle()` and
 //     `unsigned long long* error_slot(int i)` (kErrorWords device words per queue for kernels
 //     that report bad data, like the embedding gather's out-of-range ids; see ErrorWord);
-//   - `DeviceLimits limits() const` (the shared-memory limits the launch checks use);
+//   - `DeviceLimits limits() const` (the shared-memory limits the launch checks use) and
+//     `QDeviceInfo device_info() const` (compute capability and SM count, for kernel choices);
 //   - `void run(const char* op, cpu::DeviceStream&, F&& launch)`: makes the device current (cuda)
 //     or takes the emulator's launch lock and applies the runtime's schedule order (cuda-emu),
 //     then calls launch(stream_t).
@@ -130,7 +131,7 @@ class Launcher final : public Base {
   }
   void qgemm(const QGemmArgs& g, cpu::DeviceStream& s) override {
     this->run("qmatmul", s, [&](stream_t st) {
-      const QDeviceInfo di = qgemm_device_info();
+      const QDeviceInfo di = this->device_info();
       const DeviceLimits lim = this->limits();
       switch (cpu::Device::qdev_kind(false, g.w.fmt)) {
         case cpu::Device::QDevKind::int8: {
@@ -150,7 +151,7 @@ class Launcher final : public Base {
   }
   void fp8gemm(const Fp8GemmArgs& g, cpu::DeviceStream& s) override {
     this->run("qmatmul", s, [&](stream_t st) {
-      const QDeviceInfo di = qgemm_device_info();
+      const QDeviceInfo di = this->device_info();
       const size_t n = fp8gemm_workspace(g.act, g.M, g.w.K);
       void* ws = n ? s.scratch(*this, kScratchQgemmAct, n) : nullptr;
       const float* scales = reinterpret_cast<const float*>(g.w.data + cpu::Device::qdev_scale_offset(g.w.N, g.w.K));
@@ -164,7 +165,7 @@ class Launcher final : public Base {
     const bool w4 = kind == cpu::Device::QDevKind::w4a16;
     unsigned long long* bad = arm(s, kWordQGrouped);
     this->run("qmatmulGrouped", s, [&](stream_t st) {
-      const QDeviceInfo di = qgemm_device_info();
+      const QDeviceInfo di = this->device_info();
       const DeviceLimits lim = this->limits();
       const size_t tb = (qgemm_expert_table_bytes(w4, g.E) + 255) & ~size_t(255);
       const size_t wsb = w4 ? 0 : qgemm_int8_grouped_workspace(g.fmt, g.T, g.R, g.K, g.E);
@@ -183,7 +184,7 @@ class Launcher final : public Base {
   void fp8gemm_grouped(const Fp8Format& f, Fp8Act act, const QGroupedArgs& g, cpu::DeviceStream& s) override {
     unsigned long long* bad = arm(s, kWordQGrouped);
     this->run("qmatmulGrouped", s, [&](stream_t st) {
-      const QDeviceInfo di = qgemm_device_info();
+      const QDeviceInfo di = this->device_info();
       const size_t tb = (qgemm_expert_table_bytes(false, g.E) + 255) & ~size_t(255);
       const size_t wsb = fp8gemm_grouped_workspace(act, g.T, g.R, g.K, g.E);
       char* base = static_cast<char*>(s.scratch(*this, kScratchQgemmAct, tb + wsb));

@@ -6,48 +6,11 @@
 #include "kernels/moe.cuh"
 #include "launch.h"
 
-#include <atomic>
 #include <cstring>
 
 namespace ty {
 namespace cuda {
 inline namespace TY_CUDA_BUILD {
-
-QDeviceInfo qgemm_device_info() {
-  QDeviceInfo d;
-#if defined(__CUDACC__)
-  // Cached per ordinal (attribute queries are cheap but not free, and this runs once per GEMM).
-  static std::atomic<int> cache[64];  // (sm << 16 | sms) + 1; 0 = not yet known
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return d;
-  }
-  const int c = dev >= 0 && dev < 64 ? cache[dev].load(std::memory_order_relaxed) : 0;
-  if (c > 0) {
-    d.sm = (c - 1) >> 16;
-    d.sms = (c - 1) & 0xffff;
-    return d;
-  }
-  int major = 8, minor = 0, sms = 1;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return d;
-  }
-  d.sm = major * 10 + minor;
-  d.sms = sms > 0 && sms < 0xffff ? sms : 1;
-  if (dev >= 0 && dev < 64) cache[dev].store(((d.sm << 16) | d.sms) + 1, std::memory_order_relaxed);
-#else
-  // cuemu emulates sm_80 (no e4m3 mma: fp8 w8a8 runs on the W8A16 kernel, as on an A100) and a
-  // small GPU of 8 SMs, so that the automatic split-K of the W4A16 kernel engages on the small
-  // shapes the parity tests use (its tickets and partials are then exercised through the addon).
-  d.sm = 80;
-  d.sms = 8;
-#endif
-  return d;
-}
 
 Status w4a16_packed_size(const QuantFormat& f, int64_t N, int64_t K, size_t* bytes) {
   W4A16Layout L;

@@ -38,7 +38,7 @@ extern "C" int ty_cuda_device_count(char* reason, size_t n) {
 extern "C" const char* ty_cuda_archs(void) { return ""; }
 #endif
 #ifndef TY_HAVE_CUDA_EMU
-std::shared_ptr<ty::cpu::Device> ty::make_cuda_emu_device(const std::string&) {
+std::shared_ptr<ty::cpu::Device> ty::make_cuda_emu_device(const std::string&, int) {
   throw ty::Error(ty::Code::BACKEND, "this build does not include the cuda-emu backend (the CUDA headers were not found at build time)");
 }
 #endif
@@ -185,7 +185,9 @@ class RuntimeW : public Napi::ObjectWrap<RuntimeW> {
       if (backend == "cuda-emu") {
         Napi::Value sv = opts.Get("schedule");
         if (!sv.IsUndefined() && !sv.IsString()) bad("schedule", "a string (forward, reverse or random:SEED)", sv);
-        dev = make_cuda_emu_device(sv.IsString() ? sv.As<Napi::String>().Utf8Value() : "forward");
+        Napi::Value av = opts.Get("arch");
+        const int arch = av.IsUndefined() ? 80 : (int)integer(av, "arch", 80, 90);
+        dev = make_cuda_emu_device(sv.IsString() ? sv.As<Napi::String>().Utf8Value() : "forward", arch);
       } else if (backend == "cuda") {
         Napi::Value dv = opts.Get("device");
         dev = make_cuda_device(dv.IsUndefined() ? 0 : (int)integer(dv, "device", 0, 1023));

@@ -245,6 +245,12 @@ inline int64_t fp8_act_ld(int64_t K, bool f16out) { return f16out ? (K + 7) & ~i
 inline size_t fp8_act_bytes(int64_t rows, int64_t K) {
   return detail::align256(size_t(rows * ((K + 15) & ~int64_t(15))) * 2) + detail::align256(size_t(rows) * 4);
 }
+namespace detail {
+// sa in a workspace laid out as fp8_act_bytes() says (the quantized rows start at ws).
+inline float* fp8_act_scales(void* ws, int64_t rows, int64_t K) {
+  return reinterpret_cast<float*>(static_cast<char*>(ws) + align256(size_t(rows * ((K + 15) & ~int64_t(15))) * 2));
+}
+}  // namespace detail
 
 // Quantizes rows x K activations (f32 / f16 / bf16, stride lda elements) to e4m3 per row, as the
 // CPU's w8a8 does: codes (uint8) or, f16out, their exact f16 values at q[row][ldq]; sa[row].
@@ -267,7 +273,7 @@ inline Status quantize_act_fp8(DType a_dtype, const void* A, int64_t lda, int64_
 
 // ==== public API: the two kernels from prepared activations =======================================
 // w: plain fp8 weights in device memory. The output / bias / residual as in Fp8GemmArgs.
-struct Fp8KernelArgs {
+struct Fp8KernelArgs : Q8OutArgs {
   Fp8Plain w;
   int64_t M = 0;
   // mma: e4m3 codes [M][lda] (bytes) with per-row scales sa (required).
@@ -276,12 +282,6 @@ struct Fp8KernelArgs {
   const void* A = nullptr;
   int64_t lda = 0;
   const float* sa = nullptr;
-  DType c_dtype = DType::f32;
-  void* C = nullptr;
-  int64_t ldc = 0;
-  const float* bias = nullptr;
-  const void* residual = nullptr;
-  int64_t ldr = 0;
 };
 
 namespace detail {
@@ -300,17 +300,20 @@ inline Status fp8_kernel_check(const char* op, const Fp8KernelArgs& g, bool mma,
   p.bscale = g.w.scales;
   p.rowf = g.sa;
   fp8_scale_params(g.w.fmt, g.w.K, p);
-  p.T = int(g.M);
-  p.C = g.C;
-  p.ldc = g.ldc;
-  p.c_dtype = out_code(g.c_dtype);
-  p.bias = g.bias;
-  p.residual = g.residual;
-  p.ldr = g.ldr;
-  p.M = int(g.M);
-  p.N = int(g.w.N);
-  p.K = int(g.w.K);
+  q8_set_out(g, g.M, g.w.N, g.w.K, p);
   return {};
+}
+// Fp8KernelArgs for the one-call API: its weights and output, the given activations.
+inline Fp8KernelArgs fp8_kernel_args(const Q8PlainArgs<Fp8Plain>& a, DType a_dtype, const void* A, int64_t lda, const float* sa) {
+  Fp8KernelArgs g;
+  static_cast<Q8OutArgs&>(g) = a;
+  g.w = a.w;
+  g.M = a.M;
+  g.a_dtype = a_dtype;
+  g.A = A;
+  g.lda = lda;
+  g.sa = sa;
+  return g;
 }
 }  // namespace detail
 
@@ -339,21 +342,8 @@ inline Status fp8gemm_w8a16(const Fp8KernelArgs& g, stream_t s = stream_t(), con
 // Fp8GemmArgs semantics with plain weights in device memory. workspace: fp8gemm_gpu_workspace_bytes()
 // (16-byte aligned; none for w8a16). path: automatic = the e4m3 mma for w8a8 on sm_89+ with e4m3
 // weights, else the W8A16 kernel; mma = refuse when that is not possible; dequant = always W8A16.
-struct Fp8GemmPlainArgs {
-  Fp8Plain w;
-  DType a_dtype = DType::f32;
+struct Fp8GemmPlainArgs : Q8PlainArgs<Fp8Plain> {
   Fp8Act act = Fp8Act::w8a16;
-  int64_t M = 0;
-  const void* A = nullptr;
-  int64_t lda = 0;
-  DType c_dtype = DType::f32;
-  void* C = nullptr;
-  int64_t ldc = 0;
-  const float* bias = nullptr;
-  const void* residual = nullptr;
-  int64_t ldr = 0;
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
 };
 inline size_t fp8gemm_gpu_workspace_bytes(Fp8Act act, int64_t M, int64_t K) { return act == Fp8Act::w8a8 ? fp8_act_bytes(M, K) : 0; }
 
@@ -364,8 +354,7 @@ inline Status fp8gemm(const Fp8GemmPlainArgs& a, stream_t s = stream_t(), const 
   if (a.act == Fp8Act::w8a16) {
     if (path == Fp8Path::mma)
       return detail::q8_fail(Code::UNSUPPORTED, op, "the fp8 tensor-core path is W8A8 (act = w8a8)", "a");
-    Fp8KernelArgs g{a.w, a.M, a.a_dtype, a.A, a.lda, nullptr, a.c_dtype, a.C, a.ldc, a.bias, a.residual, a.ldr};
-    return fp8gemm_w8a16(g, s, dev, tile);
+    return fp8gemm_w8a16(detail::fp8_kernel_args(a, a.a_dtype, a.A, a.lda, nullptr), s, dev, tile);
   }
   if (Status st = detail::fp8_check_format(op, a.w.fmt, a.w.N, a.w.K); !st.ok) return st;
   bool mma = path != Fp8Path::dequant && dev.sm >= 89 && a.w.fmt.dtype == DType::fp8e4m3;
@@ -375,13 +364,13 @@ inline Status fp8gemm(const Fp8GemmPlainArgs& a, stream_t s = stream_t(), const 
   const int64_t K = a.w.K;
   if (a.lda < K) return detail::q8_fail(Code::SHAPE, op, "lda < K", "a");
   if (a.M > 0 && !a.A) return detail::q8_fail(Code::INVALID_ARG, op, "a must not be null", "a");
-  const size_t need = fp8gemm_gpu_workspace_bytes(a.act, a.M, K);
-  if (a.M > 0 && (!a.workspace || a.workspace_bytes < need || !aligned16(a.workspace)))
-    return detail::q8_fail(Code::INVALID_ARG, op, "needs a 16-byte aligned workspace of " + std::to_string(need) + " bytes", "workspace");
+  if (a.M > 0)
+    if (Status st = detail::q8_need_workspace(op, a.workspace, a.workspace_bytes, fp8gemm_gpu_workspace_bytes(a.act, a.M, K)); !st.ok)
+      return st;
   const int64_t ldq = fp8_act_ld(K, !mma);
-  char* ws = static_cast<char*>(a.workspace);
-  float* sa = reinterpret_cast<float*>(ws + detail::align256(size_t(a.M * ((K + 15) & ~int64_t(15))) * 2));
-  Fp8KernelArgs g{a.w, a.M, mma ? DType::fp8e4m3 : DType::f16, ws, ldq, sa, a.c_dtype, a.C, a.ldc, a.bias, a.residual, a.ldr};
+  void* ws = a.workspace;
+  float* sa = detail::fp8_act_scales(ws, a.M, K);
+  const Fp8KernelArgs g = detail::fp8_kernel_args(a, mma ? DType::fp8e4m3 : DType::f16, ws, ldq, sa);
   Q8Params p;
   if (Status st = detail::fp8_kernel_check(op, g, mma, p); !st.ok) return st;
   if (a.M == 0) return {};
@@ -399,26 +388,9 @@ inline Status fp8gemm(const Fp8GemmPlainArgs& a, stream_t s = stream_t(), const 
 // QGroupedArgs semantics (epilogue none) with fp8 experts: w[e] = {codes [N][K], scales (fmt's
 // layout)} in device memory (null allowed for experts without rows). act as in Fp8GemmArgs; w8a8
 // quantizes each of the T tokens once. workspace: fp8gemm_grouped_workspace_bytes().
-struct Fp8GroupedPlainArgs {
+struct Fp8GroupedPlainArgs : Q8GroupedArgs {
   Fp8Format fmt;
-  int64_t N = 0, K = 0, E = 0;
-  const QExpertW* w = nullptr;
-  DType a_dtype = DType::f32;
   Fp8Act act = Fp8Act::w8a16;
-  int64_t T = 0;
-  const void* A = nullptr;
-  int64_t lda = 0;
-  int64_t R = 0;
-  const int32_t* rows = nullptr;
-  const int32_t* offsets = nullptr;
-  DType c_dtype = DType::f32;
-  void* C = nullptr;
-  int64_t ldc = 0;
-  const float* bias = nullptr;  // f32 [E][ldb] or null
-  int64_t ldb = 0;
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
-  unsigned long long* err = nullptr;
 };
 inline size_t fp8gemm_grouped_workspace_bytes(Fp8Act act, int64_t T, int64_t R, int64_t K, int64_t E) {
   return (act == Fp8Act::w8a8 ? fp8_act_bytes(T, K) : 0) + size_t(grouped_plan_capacity(R, E, QTileDecode::BM)) * sizeof(QTileEntry);
@@ -427,25 +399,7 @@ inline size_t fp8gemm_grouped_workspace_bytes(Fp8Act act, int64_t T, int64_t R, 
 inline Status fp8gemm_grouped(const Fp8GroupedPlainArgs& a, stream_t s = stream_t(), const QDevice& dev = {},
                               QTileChoice tile = QTileChoice::automatic, Fp8Path path = Fp8Path::automatic) {
   const char* op = "fp8gemm_grouped";
-  QGroupedPlainArgs c;  // the shared checks
-  c.N = a.N;
-  c.K = a.K;
-  c.E = a.E;
-  c.w = a.w;
-  c.a_dtype = a.a_dtype;
-  c.T = a.T;
-  c.A = a.A;
-  c.lda = a.lda;
-  c.R = a.R;
-  c.rows = a.rows;
-  c.offsets = a.offsets;
-  c.c_dtype = a.c_dtype;
-  c.C = a.C;
-  c.ldc = a.ldc;
-  c.bias = a.bias;
-  c.ldb = a.ldb;
-  c.err = a.err;
-  if (Status st = detail::grouped_common_check(op, c); !st.ok) return st;
+  if (Status st = detail::grouped_common_check(op, a); !st.ok) return st;
   if (Status st = detail::fp8_check_format(op, a.fmt, a.N, a.K); !st.ok) return st;
   if (a.act != Fp8Act::w8a16 && a.act != Fp8Act::w8a8) return detail::q8_fail(Code::INVALID_ARG, op, "act must be w8a16 or w8a8", "a");
   const bool w8a8 = a.act == Fp8Act::w8a8;
@@ -457,9 +411,9 @@ inline Status fp8gemm_grouped(const Fp8GroupedPlainArgs& a, stream_t s = stream_
   }
   if (a.R == 0) return {};
   const bool mma = w8a8 && path != Fp8Path::dequant && dev.sm >= 89 && a.fmt.dtype == DType::fp8e4m3;
-  const size_t need = fp8gemm_grouped_workspace_bytes(a.act, a.T, a.R, a.K, a.E);
-  if (!a.workspace || a.workspace_bytes < need || !aligned16(a.workspace))
-    return detail::q8_fail(Code::INVALID_ARG, op, "needs a 16-byte aligned workspace of " + std::to_string(need) + " bytes", "workspace");
+  if (Status st = detail::q8_need_workspace(op, a.workspace, a.workspace_bytes, fp8gemm_grouped_workspace_bytes(a.act, a.T, a.R, a.K, a.E));
+      !st.ok)
+    return st;
   const bool block = a.fmt.scale == Fp8Scale::block128;
   const DType at = w8a8 ? DType::f16 : a.a_dtype;  // what the W8A16 kernel reads
   QTileChoice t;
@@ -469,25 +423,14 @@ inline Status fp8gemm_grouped(const Fp8GroupedPlainArgs& a, stream_t s = stream_
   const int64_t cap = grouped_plan_capacity(a.R, a.E, BM);
   char* ws = static_cast<char*>(a.workspace);
   const int64_t ldq = fp8_act_ld(a.K, !mma);
-  float* sa = reinterpret_cast<float*>(ws + detail::align256(size_t(a.T * ((a.K + 15) & ~int64_t(15))) * 2));
+  float* sa = detail::fp8_act_scales(ws, a.T, a.K);
   QTileEntry* plan = reinterpret_cast<QTileEntry*>(ws + (w8a8 ? fp8_act_bytes(a.T, a.K) : 0));
   Q8Params p;
   p.A = w8a8 ? reinterpret_cast<const uint8_t*>(ws) : static_cast<const uint8_t*>(a.A);
   p.lda = w8a8 ? (mma ? ldq : ldq * 2) : a.lda * 2;
   p.rowf = w8a8 ? sa : nullptr;
   detail::fp8_scale_params(a.fmt, a.K, p);
-  p.rows = a.rows;
-  p.T = int(a.T);
-  p.plan = plan;
-  p.experts = a.w;
-  p.bias_ld = a.ldb;
-  p.C = a.C;
-  p.ldc = a.ldc;
-  p.c_dtype = out_code(a.c_dtype);
-  p.bias = a.bias;
-  p.M = int(a.R);
-  p.N = int(a.N);
-  p.K = int(a.K);
+  detail::q8_set_grouped(a, plan, p);
   auto gemm = [&](bool dry) {
     return mma ? detail::fp8_mma_dispatch(block, p, t, 0, cap, dev.limits, s, dry)
                : detail::fp8_a16_dispatch(at, a.fmt.dtype, block, p, t, 0, cap, dev.limits, s, dry);

@@ -297,6 +297,15 @@ struct OpI8 {
   }
 };
 
+// Blocks per SM the kernel's registers are budgeted for (__launch_bounds__): 2 for the per-channel
+// int8 kind on the 256-thread large tile (<= 128 registers, so two blocks fit an SM's 64K
+// registers where the shared memory allows: 2 x 60 KiB on sm_80 / sm_90, not on sm_89's 100 KiB),
+// 1 for the rest (the promoting kinds and W8A16 need more than 128 registers on that tile).
+template <class TL, class OP>
+constexpr int q8_min_blocks() {
+  return std::is_same<TL, QTileLarge>::value && OP::KIND == kPromoteNone && OP::A_BYTES == 1 ? 2 : 1;
+}
+
 TY_DEV float q8_to_f32(int32_t v) { return __int2float_rn(v); }
 TY_DEV float q8_to_f32(float v) { return v; }
 
@@ -305,7 +314,7 @@ TY_DEV float q8_to_f32(float v) { return v; }
 // 3 = A fragment matrices 1 and 2 swapped (8-bit A) / A columns of the unpermuted layout
 // (16-bit A), 4 = group promotion with the first group's scales of the tile.
 template <class TL, class OP, int BUG>
-__global__ void __launch_bounds__(TL::NT, 1) q8_gemm_kernel(const Q8Params p) {
+__global__ void __launch_bounds__(TL::NT, q8_min_blocks<TL, OP>()) q8_gemm_kernel(const Q8Params p) {
   constexpr int NG = OP::template NG<TL>;
   using SM = QSmem<TL, OP::A_BYTES, NG>;
   using PAcc = typename OP::PAcc;
@@ -748,6 +757,24 @@ Status int8_gemm_dispatch(int group, const Q8Params& p, QTileChoice tile, int64_
 
 inline size_t align256(size_t v) { return (v + 255) & ~size_t(255); }
 
+inline Status q8_need_workspace(const char* op, const void* ws, size_t bytes, size_t need) {
+  if (!ws || bytes < need || !aligned16(ws))
+    return q8_fail(Code::INVALID_ARG, op, "needs a 16-byte aligned workspace of " + std::to_string(need) + " bytes", "workspace");
+  return {};
+}
+
+// The int8 scales in the kernel's terms: groups promote with per-block activation scales sa
+// [row][nb]; per channel (group 0) sa is the epilogue's row factor and the weight scale its
+// column factor.
+inline void int8_scale_params(const QuantFormat& f, int64_t K, const float* sa, Q8Params& p) {
+  const int G = f.group;
+  p.ascale = G > 0 ? sa : nullptr;
+  p.nb = G > 0 ? int(K / G) : 1;
+  p.bscale_f16 = f.scale_dtype == DType::f16;
+  p.rowf = G > 0 ? nullptr : sa;
+  p.colf = G > 0 ? kColNone : (p.bscale_f16 ? kColF16 : kColF32);
+}
+
 }  // namespace detail
 
 // ==== public API: activation quantization ======================================================
@@ -782,14 +809,9 @@ inline Status quantize_act_int8(const QuantFormat& f, DType a_dtype, const void*
 }
 
 // ==== public API: W8A8 int8 GEMM from quantized activations ======================================
-// w: int8 plain weights in device memory (codes [N][K], scales [N][nb] f32 / f16). qa / sa: the
-// output of quantize_act_int8 for the same format. C = dequantized product (+ bias + residual).
-struct Int8GemmArgs {
-  QPlain w;
-  int64_t M = 0;
-  const int8_t* qa = nullptr;
-  int64_t ldq = 0;  // bytes
-  const float* sa = nullptr;
+// The output of every non-grouped 8-bit GEMM (int8 and fp8): C [M][ldc] of c_dtype (f32 / f16 /
+// bf16) = the dequantized product (+ bias[N]) (+ residual).
+struct Q8OutArgs {
   DType c_dtype = DType::f32;
   void* C = nullptr;
   int64_t ldc = 0;
@@ -798,7 +820,31 @@ struct Int8GemmArgs {
   int64_t ldr = 0;
 };
 
+// w: int8 plain weights in device memory (codes [N][K], scales [N][nb] f32 / f16). qa / sa: the
+// output of quantize_act_int8 for the same format.
+struct Int8GemmArgs : Q8OutArgs {
+  QPlain w;
+  int64_t M = 0;
+  const int8_t* qa = nullptr;
+  int64_t ldq = 0;  // bytes
+  const float* sa = nullptr;
+};
+
 namespace detail {
+// The kernel's output and shape for an M x N x K product (M rows of A, no gather).
+inline void q8_set_out(const Q8OutArgs& o, int64_t M, int64_t N, int64_t K, Q8Params& p) {
+  p.T = int(M);
+  p.C = o.C;
+  p.ldc = o.ldc;
+  p.c_dtype = out_code(o.c_dtype);
+  p.bias = o.bias;
+  p.residual = o.residual;
+  p.ldr = o.ldr;
+  p.M = int(M);
+  p.N = int(N);
+  p.K = int(K);
+}
+
 inline Status int8_gemm_check(const Int8GemmArgs& g, Q8Params& p) {
   const char* op = "qgemm_int8";
   for (Status st : {need_int(g.M, "M", op), need_int(g.w.N, "N", op), need_int(g.w.K, "K", op)})
@@ -807,26 +853,12 @@ inline Status int8_gemm_check(const Int8GemmArgs& g, Q8Params& p) {
   if (Status st = q8_check_out(op, g.c_dtype, g.C, g.ldc, g.w.N, g.M, g.residual, g.ldr); !st.ok) return st;
   if (g.ldq < g.w.K) return q8_fail(Code::SHAPE, op, "ldq < K", "a");
   if (g.M > 0 && (!g.qa || !g.sa || !g.w.q || !g.w.scales)) return q8_fail(Code::INVALID_ARG, op, "null pointer", "w");
-  const int G = g.w.fmt.group;
   p.A = reinterpret_cast<const uint8_t*>(g.qa);
   p.lda = g.ldq;
   p.B = static_cast<const uint8_t*>(g.w.q);
   p.bscale = g.w.scales;
-  p.ascale = G > 0 ? g.sa : nullptr;
-  p.nb = G > 0 ? int(g.w.K / G) : 1;
-  p.bscale_f16 = g.w.fmt.scale_dtype == DType::f16;
-  p.rowf = G > 0 ? nullptr : g.sa;
-  p.colf = G > 0 ? kColNone : (p.bscale_f16 ? kColF16 : kColF32);
-  p.T = int(g.M);
-  p.C = g.C;
-  p.ldc = g.ldc;
-  p.c_dtype = out_code(g.c_dtype);
-  p.bias = g.bias;
-  p.residual = g.residual;
-  p.ldr = g.ldr;
-  p.M = int(g.M);
-  p.N = int(g.w.N);
-  p.K = int(g.w.K);
+  int8_scale_params(g.w.fmt, g.w.K, g.sa, p);
+  q8_set_out(g, g.M, g.w.N, g.w.K, p);
   return {};
 }
 }  // namespace detail
@@ -842,21 +874,18 @@ inline Status gemm_int8(const Int8GemmArgs& g, stream_t s = stream_t(), const QD
 // ==== public API: the CPU's qgemm (int8) in one call ============================================
 // Same semantics as ty::QGemmArgs with int8 weights, but the weights are the PLAIN layout in device
 // memory. workspace: int8_act_bytes(w.fmt, M, K) bytes (16-byte aligned) for the quantized A.
-struct QGemmPlainArgs {
-  QPlain w;
+// Q8PlainArgs<W>: the one-call arguments of the int8 and fp8 GEMMs (W: their plain weights).
+template <class W>
+struct Q8PlainArgs : Q8OutArgs {
+  W w;
   DType a_dtype = DType::f32;
   int64_t M = 0;
-  const void* A = nullptr;
+  const void* A = nullptr;  // a_dtype [M][lda]
   int64_t lda = 0;
-  DType c_dtype = DType::f32;
-  void* C = nullptr;
-  int64_t ldc = 0;
-  const float* bias = nullptr;
-  const void* residual = nullptr;
-  int64_t ldr = 0;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
+struct QGemmPlainArgs : Q8PlainArgs<QPlain> {};
 
 inline Status qgemm_int8(const QGemmPlainArgs& a, stream_t s = stream_t(), const QDevice& dev = {},
                          QTileChoice tile = QTileChoice::automatic) {
@@ -868,21 +897,15 @@ inline Status qgemm_int8(const QGemmPlainArgs& a, stream_t s = stream_t(), const
   if (a.a_dtype != DType::f32 && a.a_dtype != DType::f16 && a.a_dtype != DType::bf16) return bad_dtype(op, a.a_dtype, "a");
   if (a.lda < K) return detail::q8_fail(Code::SHAPE, op, "lda (" + std::to_string(a.lda) + ") < K", "a");
   if (a.M > 0 && !a.A) return detail::q8_fail(Code::INVALID_ARG, op, "a must not be null", "a");
-  const size_t need = int8_act_bytes(a.w.fmt, a.M, K);
-  if (a.M > 0 && (!a.workspace || a.workspace_bytes < need || !aligned16(a.workspace)))
-    return detail::q8_fail(Code::INVALID_ARG, op, "needs a 16-byte aligned workspace of " + std::to_string(need) + " bytes", "workspace");
+  if (a.M > 0)
+    if (Status st = detail::q8_need_workspace(op, a.workspace, a.workspace_bytes, int8_act_bytes(a.w.fmt, a.M, K)); !st.ok) return st;
   Int8GemmArgs g;
+  static_cast<Q8OutArgs&>(g) = a;
   g.w = a.w;
   g.M = a.M;
   g.ldq = int8_act_ld(K);
   g.qa = static_cast<int8_t*>(a.workspace);
   g.sa = reinterpret_cast<float*>(static_cast<char*>(a.workspace) + detail::align256(size_t(a.M * g.ldq)));
-  g.c_dtype = a.c_dtype;
-  g.C = a.C;
-  g.ldc = a.ldc;
-  g.bias = a.bias;
-  g.residual = a.residual;
-  g.ldr = a.ldr;
   Q8Params p;
   if (Status st = detail::int8_gemm_check(g, p); !st.ok) return st;
   if (a.M == 0) return {};
@@ -921,8 +944,8 @@ inline QTileChoice grouped_tile(QTileChoice t, int64_t R, int64_t E, const Devic
 // for assignment i of expert e. Weights: w[e] = {codes [N][K] int8, scales [N][nb]} (device array;
 // null allowed for experts without rows). A (T rows) is quantized once per token.
 // workspace: qgemm_grouped_int8_workspace() bytes. err: kQGroupNoError before the call.
-struct QGroupedPlainArgs {
-  QuantFormat fmt;
+// Q8GroupedArgs: what the int8 and fp8 grouped GEMMs share (everything but the weight format).
+struct Q8GroupedArgs {
   int64_t N = 0, K = 0, E = 0;
   const QExpertW* w = nullptr;
   DType a_dtype = DType::f32;
@@ -941,12 +964,15 @@ struct QGroupedPlainArgs {
   size_t workspace_bytes = 0;
   unsigned long long* err = nullptr;
 };
+struct QGroupedPlainArgs : Q8GroupedArgs {
+  QuantFormat fmt;
+};
 inline size_t qgemm_grouped_int8_workspace(const QuantFormat& f, int64_t T, int64_t R, int64_t K, int64_t E) {
   return int8_act_bytes(f, T, K) + size_t(grouped_plan_capacity(R, E, QTileDecode::BM)) * sizeof(QTileEntry);
 }
 
 namespace detail {
-inline Status grouped_common_check(const char* op, const QGroupedPlainArgs& a) {
+inline Status grouped_common_check(const char* op, const Q8GroupedArgs& a) {
   for (Status st : {need_int(a.N, "N", op), need_int(a.K, "K", op), need_int(a.E, "E", op), need_int(a.T, "T", op),
                     need_int(a.R, "R", op)})
     if (!st.ok) return st;
@@ -959,6 +985,22 @@ inline Status grouped_common_check(const char* op, const QGroupedPlainArgs& a) {
   if (a.R > 0 && a.T < 1) return q8_fail(Code::SHAPE, op, "T must be positive", "a");
   return {};
 }
+
+// The kernel's gather, tile table, experts, output and shape for a grouped GEMM.
+inline void q8_set_grouped(const Q8GroupedArgs& a, QTileEntry* plan, Q8Params& p) {
+  p.rows = a.rows;
+  p.T = int(a.T);
+  p.plan = plan;
+  p.experts = a.w;
+  p.bias_ld = a.ldb;
+  p.C = a.C;
+  p.ldc = a.ldc;
+  p.c_dtype = out_code(a.c_dtype);
+  p.bias = a.bias;
+  p.M = int(a.R);
+  p.N = int(a.N);
+  p.K = int(a.K);
+}
 }  // namespace detail
 
 inline Status qgemm_grouped_int8(const QGroupedPlainArgs& a, stream_t s = stream_t(), const QDevice& dev = {},
@@ -968,9 +1010,9 @@ inline Status qgemm_grouped_int8(const QGroupedPlainArgs& a, stream_t s = stream
   if (Status st = detail::q8_check_int8_format(op, a.fmt, a.N, a.K); !st.ok) return st;
   if (a.R == 0) return {};
   const int G = a.fmt.group;
-  const size_t need = qgemm_grouped_int8_workspace(a.fmt, a.T, a.R, a.K, a.E);
-  if (!a.workspace || a.workspace_bytes < need || !aligned16(a.workspace))
-    return detail::q8_fail(Code::INVALID_ARG, op, "needs a 16-byte aligned workspace of " + std::to_string(need) + " bytes", "workspace");
+  if (Status st = detail::q8_need_workspace(op, a.workspace, a.workspace_bytes, qgemm_grouped_int8_workspace(a.fmt, a.T, a.R, a.K, a.E));
+      !st.ok)
+    return st;
   // Every tile choice has the same per-call planning cost; the decode tile's BM bounds the table.
   QTileChoice t = tile;
   switch (G) {
@@ -988,23 +1030,8 @@ inline Status qgemm_grouped_int8(const QGroupedPlainArgs& a, stream_t s = stream
   Q8Params p;
   p.A = reinterpret_cast<const uint8_t*>(q);
   p.lda = ldq;
-  p.ascale = G > 0 ? sc : nullptr;
-  p.nb = G > 0 ? int(a.K / G) : 1;
-  p.bscale_f16 = a.fmt.scale_dtype == DType::f16;
-  p.rowf = G > 0 ? nullptr : sc;
-  p.colf = G > 0 ? kColNone : (p.bscale_f16 ? kColF16 : kColF32);
-  p.rows = a.rows;
-  p.T = int(a.T);
-  p.plan = plan;
-  p.experts = a.w;
-  p.bias_ld = a.ldb;
-  p.C = a.C;
-  p.ldc = a.ldc;
-  p.c_dtype = out_code(a.c_dtype);
-  p.bias = a.bias;
-  p.M = int(a.R);
-  p.N = int(a.N);
-  p.K = int(a.K);
+  detail::int8_scale_params(a.fmt, a.K, sc, p);
+  detail::q8_set_grouped(a, plan, p);
   if (Status st = detail::int8_gemm_dispatch(G, p, t, 0, cap, dev.limits, s, true); !st.ok) return st;
   if (Status st = quantize_act_int8(a.fmt, a.a_dtype, a.A, a.lda, a.T, a.K, q, ldq, sc, s, dev); !st.ok) return st;
   if (Status st = grouped_plan(a.offsets, a.E, a.R, a.rows, a.T, a.w, BM, plan, cap, a.err, s, dev); !st.ok) return st;
