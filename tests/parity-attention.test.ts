@@ -461,6 +461,74 @@ describe.each(cases)(
       }
     });
 
+    test('kvSwapOut / kvSwapIn move every layer of a block through pinned host memory, bit for bit', async () => {
+      const geo = { layers: 2, blocks: 6, kvHeads: 2, blockSize: 3, headDim: 16 };
+      const cache = ops.createKvCache(rt, { ...geo, dtype: 'int8' });
+      const n = 6 * 3;
+      const slots = Int32Array.from({ length: n }, (_, i) => i);
+      for (let layer = 0; layer < 2; layer++) {
+        const k = rt.tensor(Float32Array.from(randn(n * 2 * 16, 80 + layer, 2)), [n, 2, 16]);
+        const v = rt.tensor(Float32Array.from(randn(n * 2 * 16, 90 + layer, 2)), [n, 2, 16]);
+        ops.kvAppend(cache, layer, k, v, slots);
+        k.dispose();
+        v.dispose();
+      }
+      const data = (await cache.data.read()) as Uint8Array;
+      const scales = new Float32Array((await cache.scales!.read()).slice().buffer);
+      const host = ops.kvSwapOut(cache, Int32Array.from([4, 1]));
+      const hostBytes = (await host.read()) as Uint8Array;
+      // Host layout per block: every layer's codes (K then V), then every layer's int8 scales.
+      const blockBytes = 2 * 2 * 3 * 16;
+      const blockScales = 2 * 2 * 3;
+      const per = hostBytes.length / 2;
+      expect(per).toBe(2 * blockBytes + 2 * blockScales * 4);
+      if (!device) cpuCache.set('swap', { data: hostBytes });
+      else {
+        const c = cpuCache.get('swap');
+        if (c) expect(Array.from(hostBytes)).toEqual(Array.from(c.data));
+      }
+      // Reload them into blocks 0 and 5 of a cleared cache: each lands whole, in every layer.
+      await cache.data.write(new Uint8Array(data.length));
+      await cache.scales!.write(new Float32Array(scales.length));
+      ops.kvSwapIn(cache, Int32Array.from([0, 5]), host);
+      const back = (await cache.data.read()) as Uint8Array;
+      const backScales = new Float32Array((await cache.scales!.read()).slice().buffer);
+      for (let layer = 0; layer < 2; layer++)
+        for (const [src, dst] of [
+          [4, 0],
+          [1, 5],
+        ]) {
+          const from = (layer * 6 + src) * blockBytes;
+          const to = (layer * 6 + dst) * blockBytes;
+          expect(Array.from(back.subarray(to, to + blockBytes))).toEqual(
+            Array.from(data.subarray(from, from + blockBytes)),
+          );
+          const fs = (layer * 6 + src) * blockScales;
+          const ts = (layer * 6 + dst) * blockScales;
+          expect(Array.from(backScales.subarray(ts, ts + blockScales))).toEqual(
+            Array.from(scales.subarray(fs, fs + blockScales)),
+          );
+        }
+      // Bad ids: out of range (out), and twice when swapping in. The CPU's code and argument.
+      for (const [ids, out, arg] of [
+        [[0, 6], true, 'blocks[1]'],
+        [[2, 2], false, 'blocks[1]'],
+      ] as [number[], boolean, string][]) {
+        if (out) ops.kvSwapOut(cache, Int32Array.from(ids));
+        else ops.kvSwapIn(cache, Int32Array.from(ids), host);
+        const err = await rt.synchronize().then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(KernelError);
+        expect((err as KernelError).code).toBe('E_INVALID_ARG');
+        expect((err as KernelError).arg).toBe(arg);
+        rt.defaultStream.reset();
+      }
+      host.dispose();
+      cache.dispose();
+    });
+
     test('a bad slot fails the next completion point with the CPU error; the stream recovers', async () => {
       const cache = ops.createKvCache(rt, {
         layers: 1,
@@ -508,7 +576,14 @@ describe.each(cases)(
       expect((err as KernelError).arg).toBe('cache.dtype');
       await rt.defaultStream.reset();
       const f16 = ops.createKvCache(rt, { ...geo, dtype: 'f16' });
-      expectKernelError(() => ops.kvSwapOut(f16, Int32Array.from([0])), 'E_UNSUPPORTED', 'host');
+      // The swap space must be pinned host memory: device memory is refused, naming host.
+      const wrongHost = rt.empty([2 * 4 * 16 * 2], 'u8'); // one f16 block: K and V, 4 x 16
+      expectKernelError(
+        () => ops.kvSwapIn(f16, Int32Array.from([0]), wrongHost),
+        'E_BACKEND',
+        'host',
+      );
+      wrongHost.dispose();
       const cpu = await loadRuntime({ threads: 1 });
       const qc = cpu.tensor(new Float32Array(16), [1, 1, 16]);
       expectKernelError(

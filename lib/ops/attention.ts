@@ -306,7 +306,8 @@ export function kvSwapOut(cache: KvCache, blocks: Int32Array, options: OpOptions
   if (!(blocks instanceof Int32Array))
     throw invalidArg('kvSwapOut', 'blocks', 'an Int32Array', blocks);
   const per = binding().kvBlockHostBytes(cache.nativeArg('kvSwapOut'));
-  const host = cache.runtime.empty([blocks.length * per], 'u8');
+  // On a device the swap space is pinned host memory the swap kernel reads and writes directly.
+  const host = cache.runtime.empty([blocks.length * per], 'u8', { pinned: true });
   return enqueue(host, true, () => swap(cache, blocks, host, true, options));
 }
 export function kvSwapIn(

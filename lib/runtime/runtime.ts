@@ -151,10 +151,21 @@ export class Runtime {
     return new Tensor(this, native, dtype, shp);
   }
 
-  /** An uninitialised tensor. */
-  empty(shape: readonly number[], dtype: DType = 'f32'): Tensor {
+  /**
+   * An uninitialised tensor. `pinned`: on `cuda` / `cuda-emu`, page-locked host memory the device
+   * can address instead of device memory: the KV cache's swap space (kvSwapOut / kvSwapIn);
+   * read() and write() work on it, device ops other than the swap do not take it. On `cpu` it is
+   * ordinary memory.
+   */
+  empty(
+    shape: readonly number[],
+    dtype: DType = 'f32',
+    options: { pinned?: boolean } = {},
+  ): Tensor {
     const shp = checkShape(shape, 'empty');
-    const native = new (binding().Tensor)(this.native, dtype, shp);
+    const native = options.pinned
+      ? new (binding().Tensor)(this.native, dtype, shp, undefined, false, true)
+      : new (binding().Tensor)(this.native, dtype, shp);
     return new Tensor(this, native, dtype, shp);
   }
 

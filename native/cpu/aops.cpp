@@ -276,9 +276,10 @@ void op_kv_swap(const Core& rt, Stream& s, const KvCacheT& cache, const T& block
   if (host->buf->bytes != want)
     throw Error(Code::SHAPE, "Expected " + std::to_string(want) + " bytes for host (" + std::to_string(n) +
                                  " blocks) but received " + std::to_string(host->buf->bytes), "host");
-  if (rt->device)
-    throw Error(Code::UNSUPPORTED, std::string("kvSwap is not implemented on backend ") + rt->backend() +
-                                       " yet: swapping needs a pinned host buffer outside the device's memory space", "host");
+  if (rt->device && !(host->buf->space == MemSpace::host && host->buf->pinned))
+    throw Error(Code::BACKEND, std::string("Expected pinned host memory for host on backend ") + rt->backend() +
+                                   " (kvSwapOut's tensor, or runtime.empty(shape, 'u8', { pinned: true })) but it lives on " +
+                                   mem_space_name(host->buf->space) + (host->buf->pinned ? "" : " and is not pinned"), "host");
   if (n == 0) return;
   KvSwapArgs a;
   a.cache = cache.c;
@@ -286,6 +287,18 @@ void op_kv_swap(const Core& rt, Stream& s, const KvCacheT& cache, const T& block
   a.n = n;
   a.host = host->buf->data;
   a.out = out;
+  // Device: the block ids are read back (a synchronization; swaps are rare and large) and checked
+  // on the host exactly as on the CPU, then one kernel moves every layer's blocks over the bus.
+  if (device_enqueue(rt, s, out ? "kvSwapOut" : "kvSwapIn", {cache.data, cache.scales, blocks, host}, [a](Device& d, DeviceStream& q) {
+        std::vector<int32_t> ids((size_t)a.n);
+        d.to_host(ids.data(), a.blocks, ids.size() * sizeof(int32_t), q);
+        q.synchronize();
+        KvSwapArgs h = a;
+        h.blocks = ids.data();
+        kv_swap_check(h);
+        d.kv_swap_blocks(a, q);
+      }))
+    return;
   auto fn = TY_DISPATCH(rt->isa, kv_swap_blocks);
   s.enqueue(out ? "kvSwapOut" : "kvSwapIn", [rt, cache, blocks, host, a, fn] {
     kv_swap_check(a);  // block ids are data: checked right before use

@@ -85,6 +85,9 @@ class Device {
   virtual void to_device(void* dst, const void* src, size_t bytes, DeviceStream& s) = 0;
   virtual void to_host(void* dst, const void* src, size_t bytes, DeviceStream& s) = 0;
   virtual void device_copy(void* dst, const void* src, size_t bytes, DeviceStream& s) = 0;
+  // Page-locked host memory the device can address (space host, pinned): the swap space of the
+  // KV cache. cuda: cudaHostAlloc(mapped); cuda-emu: ordinary host memory.
+  virtual std::shared_ptr<Buffer> allocate_pinned(size_t bytes) = 0;
   // Synchronous host→device upload, for tensor creation on the JS thread.
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
 
@@ -108,6 +111,9 @@ class Device {
   // `pairs` is a device array; `host_pairs` is the same n pairs on the host, already checked
   // with kv_copy_blocks_check.
   virtual void kv_copy_blocks(const KvCopyBlocksArgs&, DeviceStream&) = 0;
+  // Offload / reload (KvSwapArgs): `blocks` is a device array already checked on the host with
+  // kv_swap_check; `host` is pinned host memory (allocate_pinned), read or written by the kernel.
+  virtual void kv_swap_blocks(const KvSwapArgs&, DeviceStream&) = 0;
   // Bytes of the device copy of a plan (AttnWork items, merges, kvLen, qoIndptr) and the packing.
   virtual size_t attention_plan_bytes(const AttentionPlan&) const = 0;
   virtual void attention_plan_pack(const AttentionPlan&, void* host_dst) const = 0;

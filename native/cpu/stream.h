@@ -35,6 +35,7 @@ struct Buffer {
   size_t bytes = 0;
   bool external = false;
   bool mapped = false;  // owned, from mmap (page aligned)
+  bool pinned = false;  // page-locked host memory a device can address (Device::allocate_pinned)
   MemSpace space = MemSpace::host;  // device buffers are made by a Device (device.h)
   std::function<void()> release;
 

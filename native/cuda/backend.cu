@@ -125,6 +125,32 @@ class CudaBase : public cpu::Device {
     };
     return b;
   }
+  std::shared_ptr<cpu::Buffer> allocate_pinned(size_t bytes) override {
+    check(cudaSetDevice(dev_), "cudaSetDevice");
+    void* p = nullptr;
+    if (bytes) {
+      // Mapped (the kernels read and write it over PCIe / NVLink-C2C) and portable (any context).
+      cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw Error(Code::OOM, "cuda: cannot allocate " + std::to_string(bytes) + " bytes of pinned host memory (" +
+                                   cudaGetErrorName(e) + ")");
+      }
+    }
+    auto b = std::make_shared<cpu::Buffer>();
+    b->data = p;
+    b->bytes = bytes;
+    b->pinned = true;
+    b->release = [p] {
+      if (p) cudaFreeHost(p);
+    };
+    return b;
+  }
+  void* device_address(void* p) const {
+    void* d = nullptr;
+    check(cudaHostGetDevicePointer(&d, p, 0), "cudaHostGetDevicePointer");
+    return d;
+  }
   std::unique_ptr<cpu::DeviceStream> create_stream() override { return std::make_unique<CudaQueue>(dev_); }
   void to_device(void* dst, const void* src, size_t n, cpu::DeviceStream& s) override { copy(dst, src, n, cudaMemcpyHostToDevice, s); }
   void to_host(void* dst, const void* src, size_t n, cpu::DeviceStream& s) override { copy(dst, src, n, cudaMemcpyDeviceToHost, s); }

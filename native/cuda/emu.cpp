@@ -72,6 +72,12 @@ class EmuBase : public cpu::Device {
     b->space = cpu::MemSpace::cuda_emu;
     return b;
   }
+  std::shared_ptr<cpu::Buffer> allocate_pinned(size_t bytes) override {
+    auto b = cpu::Buffer::allocate(bytes);
+    b->pinned = true;  // host memory: the emulated device addresses it directly
+    return b;
+  }
+  void* device_address(void* p) const { return p; }
   std::unique_ptr<cpu::DeviceStream> create_stream() override { return std::make_unique<EmuQueue>(); }
   void to_device(void* dst, const void* src, size_t n, cpu::DeviceStream&) override { copy(dst, src, n); }
   void to_host(void* dst, const void* src, size_t n, cpu::DeviceStream&) override { copy(dst, src, n); }

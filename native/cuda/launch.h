@@ -22,6 +22,8 @@ inline namespace TY_CUDA_BUILD {
 // `bad` is a device word holding kKvNoError (kv.cuh) before the launch; see kv_fault().
 Status launch_kv_append(const KvAppendArgs&, unsigned long long* bad, stream_t, const DeviceLimits&);
 Status launch_kv_copy_blocks(const KvCopyBlocksArgs&, unsigned long long* bad, stream_t, const DeviceLimits&);
+// a.host: the device address of pinned host memory.
+Status launch_kv_swap_blocks(const KvSwapArgs&, unsigned long long* bad, stream_t, const DeviceLimits&);
 // plan_device: the device copy of attention_plan_pack(plan) (8-byte aligned).
 Status launch_attention(const AttentionPlan& plan, const void* plan_device, const AttentionArgs&, unsigned long long* bad, stream_t,
                         const DeviceLimits&);

@@ -7,6 +7,7 @@
 //   - `using Queue = ...`, a cpu::DeviceStream subclass with `stream_t handle()` and
 //     `unsigned long long* error_slot(int i)` (kErrorWords device words per queue for kernels
 //     that report bad data, like the embedding gather's out-of-range ids; see ErrorWord);
+//   - `void* device_address(void* pinned_host) const` (where the device sees pinned host memory);
 //   - `DeviceLimits limits() const` (the shared-memory limits the launch checks use) and
 //     `QDeviceInfo device_info() const` (compute capability and SM count, for kernel choices);
 //   - `void run(const char* op, cpu::DeviceStream&, F&& launch)`: makes the device current (cuda)
@@ -33,7 +34,7 @@ namespace cuda {
 
 // The per-queue device words kernels report bad data through (one per op family, so a deferred
 // check knows whose fault it reads).
-enum ErrorWord : int { kWordEmbedding = 0, kWordKvAppend, kWordAttention, kWordKvCopy, kWordQGrouped, kWordMoeCombine, kErrorWords };
+enum ErrorWord : int { kWordEmbedding = 0, kWordKvAppend, kWordAttention, kWordKvCopy, kWordKvSwap, kWordQGrouped, kWordMoeCombine, kErrorWords };
 // Per-queue scratch slots (cpu::DeviceStream::scratch).
 // kScratchQgemm: W4A16 split-K partials; kScratchQgemmTickets: its tickets (zero at rest, see
 // Launcher::q_w4_scratch); kScratchQgemmAct: quantized activations and grouped expert tables.
@@ -111,6 +112,18 @@ class Launcher final : public Base {
       throw Error(Code::INVALID_ARG, "Expected a block in [0, " + std::to_string(blocks) + ") for pairs[" + std::to_string(index / 2) +
                                          "][" + std::to_string(index % 2) + "] but received " + std::to_string(value),
                   "pairs");
+    });
+  }
+  void kv_swap_blocks(const KvSwapArgs& a, cpu::DeviceStream& s) override {
+    unsigned long long* w = arm(s, kWordKvSwap);
+    KvSwapArgs d = a;
+    d.host = this->device_address(a.host);
+    this->run(a.out ? "kvSwapOut" : "kvSwapIn", s, [&](stream_t st) { launch_kv_swap_blocks(d, w, st, this->limits()).throw_if_error(); });
+    const int64_t blocks = a.cache.blocks;
+    check_kv_later(s, kWordKvSwap, [=](int, int64_t index, int32_t value) {
+      throw Error(Code::INVALID_ARG, "Expected a block in [0, " + std::to_string(blocks) + ") for blocks[" + std::to_string(index) +
+                                         "] but received " + std::to_string(value),
+                  "blocks[" + std::to_string(index) + "]");
     });
   }
   size_t attention_plan_bytes(const AttentionPlan& p) const override { return cuda::attention_plan_bytes(p); }

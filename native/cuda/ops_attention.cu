@@ -13,6 +13,9 @@ Status launch_kv_append(const KvAppendArgs& a, unsigned long long* bad, stream_t
 Status launch_kv_copy_blocks(const KvCopyBlocksArgs& a, unsigned long long* bad, stream_t s, const DeviceLimits& lim) {
   return kv_copy_blocks(a, bad, s, lim);
 }
+Status launch_kv_swap_blocks(const KvSwapArgs& a, unsigned long long* bad, stream_t s, const DeviceLimits& lim) {
+  return kv_swap_blocks(a, bad, s, lim);
+}
 Status launch_attention(const AttentionPlan& plan, const void* plan_device, const AttentionArgs& a, unsigned long long* bad,
                         stream_t s, const DeviceLimits& lim) {
   return attention_run(plan, attention_plan_device_view(plan, plan_device), a, bad, s, lim);

@@ -384,7 +384,9 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
                         InstanceMethod<&TensorW::Dispose>("dispose"), InstanceMethod<&TensorW::Bytes>("bytes"),
                         InstanceMethod<&TensorW::IsExternal>("isExternal")});
   }
-  // new NativeTensor(runtime, dtype, shape, source?: TypedArray, zeroCopy?: boolean)
+  // new NativeTensor(runtime, dtype, shape, source?: TypedArray, zeroCopy?: boolean, pinned?: boolean)
+  // pinned (no source): on a device runtime, page-locked host memory the device can address (the
+  // KV cache's swap space); on cpu, ordinary host memory.
   TensorW(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorW>(info) {
     Napi::Env env = info.Env();
     try {
@@ -396,11 +398,12 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       int64_t n = cpu::check_shape(shape, dt, "shape");
       size_t bytes = dtype_bytes(dt, n);
       if (info.Length() < 4 || info[3].IsUndefined() || info[3].IsNull()) {
+        const bool pinned = info.Length() > 5 && info[5].IsBoolean() && info[5].ToBoolean();
         if (core->device) {
           t_ = std::make_shared<cpu::Tensor>();
           t_->dtype = dt;
           t_->shape = shape;
-          t_->buf = core->device->allocate(bytes);
+          t_->buf = pinned ? core->device->allocate_pinned(bytes) : core->device->allocate(bytes);
         } else {
           t_ = cpu::make_tensor(dt, shape);
         }
@@ -467,12 +470,19 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       napi_ref ref;
       napi_create_reference(env, ab, 1, &ref);
       void* dst = ab.Data();
-      same_space(*c, t, "tensor");
-      if (c->core->device) {
+      if (!pinned_on_device(*c, t)) same_space(*c, t, "tensor");
+      if (c->core->device && !pinned_on_device(*c, t)) {
         cpu::Stream* st = c->stream.get();
         Core core = c->core;
         return StreamW::Complete(env, c, Completion::kRead, [t, dst, bytes, st, core] {
           core->device->to_host(dst, t->buf->data, bytes, *st->device());
+        }, ref);
+      }
+      if (c->core->device) {  // pinned host memory: wait for the kernels that write it, then copy
+        cpu::Stream* st = c->stream.get();
+        return StreamW::Complete(env, c, Completion::kRead, [t, dst, bytes, st] {
+          st->device()->synchronize();
+          if (bytes) std::memcpy(dst, t->buf->data, bytes);
         }, ref);
       }
       return StreamW::Complete(env, c, Completion::kRead, [t, dst, bytes] { if (bytes) std::memcpy(dst, t->buf->data, bytes); }, ref);
@@ -492,10 +502,17 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       if (ta.ByteLength() != t->buf->bytes)
         throw Error(Code::SHAPE, "Expected " + std::to_string(t->buf->bytes) + " bytes for data but received " +
                                      std::to_string(ta.ByteLength()), "data");
-      same_space(*c, t, "tensor");
+      const bool pinned = pinned_on_device(*c, t);
+      if (!pinned) same_space(*c, t, "tensor");
       auto snap = cpu::Buffer::allocate(t->buf->bytes);
       if (snap->bytes) std::memcpy(snap->data, (uint8_t*)ta.ArrayBuffer().Data() + ta.ByteOffset(), snap->bytes);
-      if (c->core->device) {
+      if (pinned) {  // pinned host memory: wait for the kernels that may still read it, then copy
+        cpu::Stream* st = c->stream.get();
+        c->stream->enqueue("write", [t, snap, st] {
+          st->device()->synchronize();
+          if (snap->bytes) std::memcpy(t->buf->data, snap->data, snap->bytes);
+        });
+      } else if (c->core->device) {
         cpu::Stream* st = c->stream.get();
         Core core = c->core;
         // The snapshot stays alive until the stream synchronizes the copy (the job holds it).
@@ -541,6 +558,17 @@ class TensorW : public Napi::ObjectWrap<TensorW> {
       throw Error(Code::BACKEND, std::string("Expected a tensor on backend cpu for ") + arg + " but it lives on " +
                                      cpu::mem_space_name(t->buf->space), arg);
     return t;
+  }
+  // Pinned host memory owned by a device runtime (its KV swap space): read and written by the host
+  // in stream order, and by the swap kernel only.
+  static bool pinned_on_device(const StreamCtx& c, const T& t) {
+    return c.core->device && t->buf->space == cpu::MemSpace::host && t->buf->pinned;
+  }
+  // Unwraps a tensor without a memory-space check: for the one argument (kvSwap's host) whose
+  // space the op checks itself.
+  static T tensor_arg_any(Napi::Env env, Napi::Value v, const char* arg) {
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(inst(env).tensor_ctor.Value())) bad(arg, "a Tensor", v);
+    return TensorW::Unwrap(v.As<Napi::Object>())->get(arg);
   }
   // A tensor must live where the stream's runtime computes (a cpu tensor on a cuda stream would
   // be a host pointer handed to a kernel, and the reverse a device pointer read by the CPU).
@@ -957,7 +985,9 @@ Napi::Value AttentionMerge(const Napi::CallbackInfo& info) {
 }
 Napi::Value KvSwap(const Napi::CallbackInfo& info) {
   return guard(info, "kvSwap", [&](Napi::Env env, StreamCtx& c) {
-    cpu::op_kv_swap(c.core, *c.stream, kv_cache_arg(env, info[1], c), TENSOR(2, "blocks"), TENSOR(3, "host"), boolean(info[4], "out"));
+    // host: on a device runtime, its pinned swap space (op_kv_swap checks where it lives).
+    cpu::op_kv_swap(c.core, *c.stream, kv_cache_arg(env, info[1], c), TENSOR(2, "blocks"),
+                    c.core->device ? TensorW::tensor_arg_any(env, info[3], "host") : TENSOR(3, "host"), boolean(info[4], "out"));
   });
 }
 Napi::Value KvBlockHostBytes(const Napi::CallbackInfo& info) {
