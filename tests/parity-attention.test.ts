@@ -238,6 +238,49 @@ function reference(
   return { out, lse, tolO, tolL };
 }
 
+/** The small int8 pool of the block-moving tests (2 layers of 6 blocks), every slot written. */
+const POOL = { layers: 2, blocks: 6, kvHeads: 2, blockSize: 3, headDim: 16 };
+const POOL_BLOCK_BYTES = 2 * 2 * 3 * 16; // K|V x heads x tokens x D int8 codes
+const POOL_BLOCK_SCALES = 2 * 2 * 3; // one f32 scale per token, head and K|V
+async function filledPool(rt: Runtime, seed: number) {
+  const cache = ops.createKvCache(rt, { ...POOL, dtype: 'int8' });
+  const n = POOL.blocks * POOL.blockSize;
+  const slots = Int32Array.from({ length: n }, (_, i) => i);
+  for (let layer = 0; layer < POOL.layers; layer++) {
+    const k = rt.tensor(Float32Array.from(randn(n * 2 * 16, seed + layer, 2)), [n, 2, 16]);
+    const v = rt.tensor(Float32Array.from(randn(n * 2 * 16, seed + 10 + layer, 2)), [n, 2, 16]);
+    ops.kvAppend(cache, layer, k, v, slots);
+    k.dispose();
+    v.dispose();
+  }
+  return { cache, ...(await poolBytes(cache)) };
+}
+async function poolBytes(cache: ops.KvCache) {
+  const data = (await cache.data.read()) as Uint8Array;
+  const scales = new Float32Array((await cache.scales!.read()).slice().buffer);
+  return { data, scales };
+}
+/** Every layer of block `dst` in `after` holds what block `src` held in `before`. */
+function expectBlocksMoved(
+  before: { data: Uint8Array; scales: Float32Array },
+  after: { data: Uint8Array; scales: Float32Array },
+  moves: number[][],
+) {
+  const B = POOL_BLOCK_BYTES;
+  const S = POOL_BLOCK_SCALES;
+  for (let layer = 0; layer < POOL.layers; layer++)
+    for (const [src, dst] of moves) {
+      const from = layer * POOL.blocks + src;
+      const to = layer * POOL.blocks + dst;
+      expect(Array.from(after.data.subarray(to * B, (to + 1) * B))).toEqual(
+        Array.from(before.data.subarray(from * B, (from + 1) * B)),
+      );
+      expect(Array.from(after.scales.subarray(to * S, (to + 1) * S))).toEqual(
+        Array.from(before.scales.subarray(from * S, (from + 1) * S)),
+      );
+    }
+}
+
 const cases = backendsToTest();
 // The CPU backend's cache bytes after each scenario's kvAppend, for the bit-exact comparison.
 const cpuCache = new Map<string, { data: Uint8Array; scales?: Float32Array }>();
@@ -377,42 +420,15 @@ describe.each(cases)(
     });
 
     test('kvCopyBlocks copies every layer bit for bit (int8 codes and scales)', async () => {
-      const geo = { layers: 2, blocks: 6, kvHeads: 2, blockSize: 3, headDim: 16 };
-      const cache = ops.createKvCache(rt, { ...geo, dtype: 'int8' });
-      const n = 6 * 3;
-      const slots = Int32Array.from({ length: n }, (_, i) => i);
-      for (let layer = 0; layer < 2; layer++) {
-        const k = rt.tensor(Float32Array.from(randn(n * 2 * 16, 40 + layer, 2)), [n, 2, 16]);
-        const v = rt.tensor(Float32Array.from(randn(n * 2 * 16, 50 + layer, 2)), [n, 2, 16]);
-        ops.kvAppend(cache, layer, k, v, slots);
-        k.dispose();
-        v.dispose();
-      }
-      const before = await cache.data.read();
-      const sBefore = new Float32Array((await cache.scales!.read()).slice().buffer);
+      const { cache, ...before } = await filledPool(rt, 40);
       ops.kvCopyBlocks(cache, Int32Array.from([0, 4, 2, 5]));
-      const after = await cache.data.read();
-      const sAfter = new Float32Array((await cache.scales!.read()).slice().buffer);
-      const blockBytes = 2 * 2 * 3 * 16;
-      const blockScales = 2 * 2 * 3;
-      for (let layer = 0; layer < 2; layer++)
-        for (const [s, dst] of [
-          [0, 4],
-          [2, 5],
-          [1, 1],
-          [3, 3],
-        ]) {
-          const from = (layer * 6 + s) * blockBytes;
-          const to = (layer * 6 + dst) * blockBytes;
-          expect(Array.from(after.subarray(to, to + blockBytes))).toEqual(
-            Array.from(before.subarray(from, from + blockBytes)),
-          );
-          const fs = (layer * 6 + s) * blockScales;
-          const ts = (layer * 6 + dst) * blockScales;
-          expect(Array.from(sAfter.subarray(ts, ts + blockScales))).toEqual(
-            Array.from(sBefore.subarray(fs, fs + blockScales)),
-          );
-        }
+      const after = await poolBytes(cache);
+      expectBlocksMoved(before, after, [
+        [0, 4],
+        [2, 5],
+        [1, 1],
+        [3, 3],
+      ]);
       // Bad pairs: a destination that is also a source, and an out-of-range block. The error is
       // the CPU's (code and argument), and the stream recovers.
       for (const [pairs, arg] of [
@@ -429,7 +445,7 @@ describe.each(cases)(
         expect((err as KernelError).arg).toBe(arg);
         await rt.defaultStream.reset();
       }
-      expect(Array.from(await cache.data.read())).toEqual(Array.from(after));
+      expect(Array.from(await cache.data.read())).toEqual(Array.from(after.data));
       cache.dispose();
     });
 
@@ -462,53 +478,24 @@ describe.each(cases)(
     });
 
     test('kvSwapOut / kvSwapIn move every layer of a block through pinned host memory, bit for bit', async () => {
-      const geo = { layers: 2, blocks: 6, kvHeads: 2, blockSize: 3, headDim: 16 };
-      const cache = ops.createKvCache(rt, { ...geo, dtype: 'int8' });
-      const n = 6 * 3;
-      const slots = Int32Array.from({ length: n }, (_, i) => i);
-      for (let layer = 0; layer < 2; layer++) {
-        const k = rt.tensor(Float32Array.from(randn(n * 2 * 16, 80 + layer, 2)), [n, 2, 16]);
-        const v = rt.tensor(Float32Array.from(randn(n * 2 * 16, 90 + layer, 2)), [n, 2, 16]);
-        ops.kvAppend(cache, layer, k, v, slots);
-        k.dispose();
-        v.dispose();
-      }
-      const data = (await cache.data.read()) as Uint8Array;
-      const scales = new Float32Array((await cache.scales!.read()).slice().buffer);
+      const { cache, ...before } = await filledPool(rt, 80);
       const host = ops.kvSwapOut(cache, Int32Array.from([4, 1]));
       const hostBytes = (await host.read()) as Uint8Array;
       // Host layout per block: every layer's codes (K then V), then every layer's int8 scales.
-      const blockBytes = 2 * 2 * 3 * 16;
-      const blockScales = 2 * 2 * 3;
-      const per = hostBytes.length / 2;
-      expect(per).toBe(2 * blockBytes + 2 * blockScales * 4);
+      expect(hostBytes.length).toBe(2 * (2 * POOL_BLOCK_BYTES + 2 * POOL_BLOCK_SCALES * 4));
       if (!device) cpuCache.set('swap', { data: hostBytes });
       else {
         const c = cpuCache.get('swap');
         if (c) expect(Array.from(hostBytes)).toEqual(Array.from(c.data));
       }
       // Reload them into blocks 0 and 5 of a cleared cache: each lands whole, in every layer.
-      await cache.data.write(new Uint8Array(data.length));
-      await cache.scales!.write(new Float32Array(scales.length));
+      await cache.data.write(new Uint8Array(before.data.length));
+      await cache.scales!.write(new Float32Array(before.scales.length));
       ops.kvSwapIn(cache, Int32Array.from([0, 5]), host);
-      const back = (await cache.data.read()) as Uint8Array;
-      const backScales = new Float32Array((await cache.scales!.read()).slice().buffer);
-      for (let layer = 0; layer < 2; layer++)
-        for (const [src, dst] of [
-          [4, 0],
-          [1, 5],
-        ]) {
-          const from = (layer * 6 + src) * blockBytes;
-          const to = (layer * 6 + dst) * blockBytes;
-          expect(Array.from(back.subarray(to, to + blockBytes))).toEqual(
-            Array.from(data.subarray(from, from + blockBytes)),
-          );
-          const fs = (layer * 6 + src) * blockScales;
-          const ts = (layer * 6 + dst) * blockScales;
-          expect(Array.from(backScales.subarray(ts, ts + blockScales))).toEqual(
-            Array.from(scales.subarray(fs, fs + blockScales)),
-          );
-        }
+      expectBlocksMoved(before, await poolBytes(cache), [
+        [4, 0],
+        [1, 5],
+      ]);
       // Bad ids: out of range (out), and twice when swapping in. The CPU's code and argument.
       for (const [ids, out, arg] of [
         [[0, 6], true, 'blocks[1]'],

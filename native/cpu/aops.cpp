@@ -42,6 +42,15 @@ const void* plan_on_device(PlanT& p, Device& d, const int32_t** indptr, const in
   return base;
 }
 
+// n i32 of device memory read back to the host (waits for the queue): for the ops whose index
+// lists are checked on the host before their kernel runs.
+std::vector<int32_t> download_i32(Device& d, DeviceStream& q, const int32_t* src, size_t n) {
+  std::vector<int32_t> v(n);
+  d.to_host(v.data(), src, n * sizeof(int32_t), q);
+  q.synchronize();
+  return v;
+}
+
 }  // namespace
 
 void kv_cache_sizes(KvCache c, size_t* data_bytes, int64_t* scale_count) {
@@ -249,9 +258,7 @@ void op_kv_copy_blocks(const Core& rt, Stream& s, const KvCacheT& cache, const T
   // Device: the pairs are read back (a synchronization; copy-on-write is rare) and checked on
   // the host exactly as on the CPU before the copy kernel runs.
   if (device_enqueue(rt, s, "kvCopyBlocks", {cache.data, cache.scales, pairs}, [a](Device& d, DeviceStream& q) {
-        std::vector<int32_t> host((size_t)a.n * 2);
-        d.to_host(host.data(), a.pairs, host.size() * sizeof(int32_t), q);
-        q.synchronize();
+        const std::vector<int32_t> host = download_i32(d, q, a.pairs, (size_t)a.n * 2);
         KvCopyBlocksArgs h = a;
         h.pairs = host.data();
         kv_copy_blocks_check(h);
@@ -290,9 +297,7 @@ void op_kv_swap(const Core& rt, Stream& s, const KvCacheT& cache, const T& block
   // Device: the block ids are read back (a synchronization; swaps are rare and large) and checked
   // on the host exactly as on the CPU, then one kernel moves every layer's blocks over the bus.
   if (device_enqueue(rt, s, out ? "kvSwapOut" : "kvSwapIn", {cache.data, cache.scales, blocks, host}, [a](Device& d, DeviceStream& q) {
-        std::vector<int32_t> ids((size_t)a.n);
-        d.to_host(ids.data(), a.blocks, ids.size() * sizeof(int32_t), q);
-        q.synchronize();
+        const std::vector<int32_t> ids = download_i32(d, q, a.blocks, (size_t)a.n);
         KvSwapArgs h = a;
         h.blocks = ids.data();
         kv_swap_check(h);

@@ -68,17 +68,14 @@ Status launch_w4a16_grouped(const QGroupedArgs& g, unsigned long long* bad, cons
   return w4a16_grouped(g, bad, w4_ws(s), st, lim, tune);
 }
 
-size_t qgemm_int8_workspace(const QuantFormat& f, int64_t M, int64_t K) { return int8_act_bytes(f, M, K); }
-
-Status launch_qgemm_int8(const QGemmArgs& g, const void* scales, void* ws, size_t ws_bytes, stream_t st, const DeviceLimits& lim, int sm) {
-  if (g.epilogue != QEpilogue::none)
-    return Status::fail(Code::UNSUPPORTED, "qgemm_int8: fused epilogues (swiglu) have no CUDA kernel", "format");
-  QGemmPlainArgs a;
+// The CPU's argument structs (QGemmArgs / Fp8GemmArgs, QGroupedArgs) -> the 8-bit kernels' plain
+// argument structs: the fields every int8 and fp8 call shares (the weights' own fields and the
+// format-specific ones are set by the caller).
+template <class P, class G>
+void q8_plain_from(P& a, const G& g, void* ws, size_t ws_bytes) {
   a.w.fmt = g.w.fmt;
   a.w.N = g.w.N;
   a.w.K = g.w.K;
-  a.w.q = const_cast<uint8_t*>(g.w.data);
-  a.w.scales = const_cast<void*>(scales);
   a.a_dtype = g.a_dtype;
   a.M = g.M;
   a.A = g.A;
@@ -91,6 +88,39 @@ Status launch_qgemm_int8(const QGemmArgs& g, const void* scales, void* ws, size_
   a.ldr = g.ldr;
   a.workspace = ws;
   a.workspace_bytes = ws_bytes;
+}
+template <class P>
+void q8_grouped_from(P& a, const QGroupedArgs& g, const void* experts, void* ws, size_t ws_bytes, unsigned long long* bad) {
+  a.N = g.N;
+  a.K = g.K;
+  a.E = g.E;
+  a.w = static_cast<const QExpertW*>(experts);
+  a.a_dtype = g.a_dtype;
+  a.T = g.T;
+  a.A = g.A;
+  a.lda = g.lda;
+  a.R = g.R;
+  a.rows = g.rows;
+  a.offsets = g.offsets;
+  a.c_dtype = g.c_dtype;
+  a.C = g.C;
+  a.ldc = g.ldc;
+  a.bias = g.bias;
+  a.ldb = g.ldb;
+  a.workspace = ws;
+  a.workspace_bytes = ws_bytes;
+  a.err = bad;
+}
+
+size_t qgemm_int8_workspace(const QuantFormat& f, int64_t M, int64_t K) { return int8_act_bytes(f, M, K); }
+
+Status launch_qgemm_int8(const QGemmArgs& g, const void* scales, void* ws, size_t ws_bytes, stream_t st, const DeviceLimits& lim, int sm) {
+  if (g.epilogue != QEpilogue::none)
+    return Status::fail(Code::UNSUPPORTED, "qgemm_int8: fused epilogues (swiglu) have no CUDA kernel", "format");
+  QGemmPlainArgs a;
+  q8_plain_from(a, g, ws, ws_bytes);
+  a.w.q = const_cast<uint8_t*>(g.w.data);
+  a.w.scales = const_cast<void*>(scales);
   return qgemm_int8(a, st, QDevice{lim, sm});
 }
 
@@ -103,26 +133,8 @@ Status launch_qgemm_int8_grouped(const QGroupedArgs& g, const void* experts, voi
   if (g.epilogue != QEpilogue::none)
     return Status::fail(Code::UNSUPPORTED, "qgemm_grouped_int8: fused epilogues (swiglu) have no CUDA kernel", "format");
   QGroupedPlainArgs a;
+  q8_grouped_from(a, g, experts, ws, ws_bytes, bad);
   a.fmt = g.fmt;
-  a.N = g.N;
-  a.K = g.K;
-  a.E = g.E;
-  a.w = static_cast<const QExpertW*>(experts);
-  a.a_dtype = g.a_dtype;
-  a.T = g.T;
-  a.A = g.A;
-  a.lda = g.lda;
-  a.R = g.R;
-  a.rows = g.rows;
-  a.offsets = g.offsets;
-  a.c_dtype = g.c_dtype;
-  a.C = g.C;
-  a.ldc = g.ldc;
-  a.bias = g.bias;
-  a.ldb = g.ldb;
-  a.workspace = ws;
-  a.workspace_bytes = ws_bytes;
-  a.err = bad;
   return qgemm_grouped_int8(a, st, QDevice{lim, sm});
 }
 
@@ -130,24 +142,10 @@ size_t fp8gemm_workspace(Fp8Act act, int64_t M, int64_t K) { return fp8gemm_gpu_
 
 Status launch_fp8gemm(const Fp8GemmArgs& g, const float* scales, void* ws, size_t ws_bytes, stream_t st, const DeviceLimits& lim, int sm) {
   Fp8GemmPlainArgs a;
-  a.w.fmt = g.w.fmt;
-  a.w.N = g.w.N;
-  a.w.K = g.w.K;
+  q8_plain_from(a, g, ws, ws_bytes);
   a.w.codes = const_cast<uint8_t*>(g.w.data);
   a.w.scales = const_cast<float*>(scales);
-  a.a_dtype = g.a_dtype;
   a.act = g.act;
-  a.M = g.M;
-  a.A = g.A;
-  a.lda = g.lda;
-  a.c_dtype = g.c_dtype;
-  a.C = g.C;
-  a.ldc = g.ldc;
-  a.bias = g.bias;
-  a.residual = g.residual;
-  a.ldr = g.ldr;
-  a.workspace = ws;
-  a.workspace_bytes = ws_bytes;
   return fp8gemm(a, st, QDevice{lim, sm});
 }
 
@@ -158,27 +156,9 @@ size_t fp8gemm_grouped_workspace(Fp8Act act, int64_t T, int64_t R, int64_t K, in
 Status launch_fp8gemm_grouped(const Fp8Format& f, Fp8Act act, const QGroupedArgs& g, const void* experts, void* ws, size_t ws_bytes,
                               unsigned long long* bad, stream_t st, const DeviceLimits& lim, int sm) {
   Fp8GroupedPlainArgs a;
+  q8_grouped_from(a, g, experts, ws, ws_bytes, bad);
   a.fmt = f;
-  a.N = g.N;
-  a.K = g.K;
-  a.E = g.E;
-  a.w = static_cast<const QExpertW*>(experts);
-  a.a_dtype = g.a_dtype;
   a.act = act;
-  a.T = g.T;
-  a.A = g.A;
-  a.lda = g.lda;
-  a.R = g.R;
-  a.rows = g.rows;
-  a.offsets = g.offsets;
-  a.c_dtype = g.c_dtype;
-  a.C = g.C;
-  a.ldc = g.ldc;
-  a.bias = g.bias;
-  a.ldb = g.ldb;
-  a.workspace = ws;
-  a.workspace_bytes = ws_bytes;
-  a.err = bad;
   return fp8gemm_grouped(a, st, QDevice{lim, sm});
 }
 
