@@ -1030,6 +1030,31 @@ inline Status w4_launch_cfg(const W4A16Plan& P, const W4A16Layout& L, const Devi
   }
 }
 
+// The W4Params fields every W4A16 launch (one matrix or grouped) shares: activations, output,
+// bias, the layout and the plan; `rows` is M (or R, the assignments of a grouped call).
+template <class G>
+inline W4Params w4_params_from(const G& g, const W4A16Layout& L, const W4A16Plan& P, int64_t rows) {
+  W4Params p;
+  p.A = g.A;
+  p.lda = g.lda;
+  p.C = g.C;
+  p.ldc = g.ldc;
+  p.c_dt = detail::w4_dt(g.c_dtype);
+  p.bias = g.bias;
+  p.M = int(rows);
+  p.N = int(L.N);
+  p.K = int(L.K);
+  p.ktiles = int(L.ktiles);
+  p.panels = int(L.panels);
+  p.tile_bytes = L.tile_bytes;
+  p.scale_f32 = L.scale_f32;
+  p.group = L.group;
+  p.group_shift = L.group == 32 ? 5 : L.group == 64 ? 6 : 7;
+  p.q4k = L.kind == W4Kind::q4k;
+  p.splits = P.splits;
+  p.n_tiles = P.n_tiles;
+  return p;
+}
 inline bool w4_overlap(const void* a, size_t an, const void* b, size_t bn) {
   const char* x = static_cast<const char*>(a);
   const char* y = static_cast<const char*>(b);
@@ -1089,28 +1114,10 @@ inline Status w4a16_gemm(const QGemmArgs& g, const W4A16Workspace& ws = {}, stre
   }
   if (detail::w4_overlap(g.A, size_t((g.M - 1) * g.lda + L.K) * 2, g.C, size_t((g.M - 1) * g.ldc + L.N) * cb))
     return Status::fail(Code::INVALID_ARG, std::string(op) + ": C overlaps A", "C");
-  W4Params p;
+  W4Params p = detail::w4_params_from(g, L, P, g.M);
   p.W = static_cast<const uint8_t*>(g.w.data);
-  p.A = g.A;
-  p.lda = g.lda;
-  p.C = g.C;
-  p.ldc = g.ldc;
-  p.c_dt = detail::w4_dt(g.c_dtype);
-  p.bias = g.bias;
   p.res = g.residual;
   p.ldr = g.ldr;
-  p.M = int(g.M);
-  p.N = int(L.N);
-  p.K = int(L.K);
-  p.ktiles = int(L.ktiles);
-  p.panels = int(L.panels);
-  p.tile_bytes = L.tile_bytes;
-  p.scale_f32 = L.scale_f32;
-  p.group = L.group;
-  p.group_shift = L.group == 32 ? 5 : L.group == 64 ? 6 : 7;
-  p.q4k = L.kind == W4Kind::q4k;
-  p.splits = P.splits;
-  p.n_tiles = P.n_tiles;
   if (P.splits > 1) {
     p.ws_cnt = ws.tickets ? ws.tickets : static_cast<unsigned*>(ws.ptr);
     p.ws_part = reinterpret_cast<float*>(static_cast<char*>(ws.ptr) + (ws.tickets ? 0 : P.cnt_bytes));
@@ -1175,27 +1182,9 @@ inline Status w4a16_grouped(const QGroupedArgs& g, unsigned long long* err, cons
     return Status::fail(Code::INVALID_ARG, std::string(op) + ": C overlaps A", "C");
   W4A16Plan P;
   if ((st = detail::w4_plan(L, g.R, g.E, ws, lim, tune, &P)).ok == false) return st;
-  W4Params p;
+  W4Params p = detail::w4_params_from(g, L, P, g.R);
   p.Wexp = reinterpret_cast<const uint8_t* const*>(g.w);
-  p.A = g.A;
-  p.lda = g.lda;
-  p.C = g.C;
-  p.ldc = g.ldc;
-  p.c_dt = detail::w4_dt(g.c_dtype);
-  p.bias = g.bias;
   p.ldb = g.ldb;
-  p.M = int(g.R);
-  p.N = int(L.N);
-  p.K = int(L.K);
-  p.ktiles = int(L.ktiles);
-  p.panels = int(L.panels);
-  p.tile_bytes = L.tile_bytes;
-  p.scale_f32 = L.scale_f32;
-  p.group = L.group;
-  p.group_shift = L.group == 32 ? 5 : L.group == 64 ? 6 : 7;
-  p.q4k = L.kind == W4Kind::q4k;
-  p.splits = P.splits;
-  p.n_tiles = P.n_tiles;
   p.rows = g.rows;
   p.offsets = g.offsets;
   p.E = int(g.E);
